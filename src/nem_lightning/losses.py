@@ -1,0 +1,99 @@
+"""The N-EM outer loss and the logged upper-bound loss.
+
+Per step: ``L_t = sum(gamma * intra) + w_inter * sum((1 - gamma) * inter)``, summed over K and pixels
+and averaged over the batch; total ``L = sum_t w_t L_t`` (not normalised). The intra term pulls the
+responsible component towards the target; the inter term pushes the others towards a prior
+(Bernoulli p = 0, Gaussian mean 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, NamedTuple, Union
+
+import torch
+from torch import Tensor
+
+from nem_lightning.em import Distribution
+
+PSI_CLIP = 1e-6  # predictions are clipped to [1e-6, 1 - 1e-6] before taking logs
+StepWeights = Union[Literal["last", "all"], list[float]]
+
+
+def step_weights(weights: StepWeights | Sequence[float], steps: int) -> list[float]:
+    """Loss weight of each EM step: ``last`` (only the final step), ``all`` (every step), or a list."""
+    if weights == "last":
+        return [0.0] * (steps - 1) + [1.0]
+    if weights == "all":
+        return [1.0] * steps
+    weights = [float(w) for w in weights]
+    if len(weights) != steps:
+        raise ValueError(f"model.step_weights has {len(weights)} entries, expected one per step ({steps})")
+    return weights
+
+
+def intra_loss(psi: Tensor, target: Tensor, distribution: Distribution) -> Tensor:
+    """Pixelwise reconstruction loss: BCE(psi, x) or 0.5 (psi - x)^2."""
+    if distribution == "bernoulli":
+        psi = psi.clamp(PSI_CLIP, 1.0 - PSI_CLIP)
+        return -(target * torch.log(psi) + (1.0 - target) * torch.log1p(-psi))
+    return 0.5 * (psi - target) ** 2
+
+
+def inter_loss(psi: Tensor, distribution: Distribution) -> Tensor:
+    """Pixelwise distance to the prior: KL(Bern(0) || Bern(psi)) = -log(1 - psi), or 0.5 psi^2."""
+    if distribution == "bernoulli":
+        return -torch.log1p(-psi.clamp(PSI_CLIP, 1.0 - PSI_CLIP))  # capped at log(1e6)
+    return 0.5 * psi**2
+
+
+class OuterLoss(NamedTuple):
+    """Weighted totals (scalars) of the outer loss and its two terms."""
+
+    total: Tensor
+    intra: Tensor
+    inter: Tensor
+
+
+def outer_loss(
+    preds: Sequence[Tensor],
+    gammas: Sequence[Tensor],
+    targets: Tensor,
+    distribution: Distribution,
+    weights: Sequence[float],
+    w_inter: float = 1.0,
+    gradient_gamma: bool = True,
+) -> OuterLoss:
+    """The training loss, computed only on steps with non-zero weight.
+
+    Args:
+        preds: T tensors (B, K, C, H, W), the per-component predictions psi of each step.
+        gammas: T tensors (B, K, 1, H, W), the responsibilities of each step.
+        targets: (B, T, 1, C, H, W) clean targets.
+        distribution: ``bernoulli`` or ``gaussian``.
+        weights: T step weights (see :func:`step_weights`).
+        w_inter: weight of the inter-component term.
+        gradient_gamma: False stops gradients through gamma in the loss.
+    """
+    B = targets.shape[0]
+    intra = inter = targets.new_zeros(())
+    for t, w in enumerate(weights):
+        if w == 0.0:
+            continue
+        psi, gamma = preds[t], gammas[t] if gradient_gamma else gammas[t].detach()
+        intra = intra + w * (gamma * intra_loss(psi, targets[:, t], distribution)).sum() / B
+        inter = inter + w * ((1.0 - gamma) * inter_loss(psi, distribution)).sum() / B
+    return OuterLoss(intra + w_inter * inter, intra, inter)
+
+
+def upper_bound_loss(preds: Tensor, targets: Tensor, distribution: Distribution, weights: Sequence[float]) -> Tensor:
+    """Reconstruction loss of the pixelwise max over components (ignores the E-step), step-weighted.
+
+    Args:
+        preds: (B, T, K, C, H, W); targets: (B, T, 1, C, H, W).
+    """
+    w = preds.new_tensor(list(weights))  # (T,)
+    best = preds.max(2, keepdim=True).values  # (B, T, 1, C, H, W)
+    per_step = intra_loss(best, targets, distribution).sum((0, 2, 3, 4, 5)) / preds.shape[0]  # (T,)
+    return (w * per_step).sum()
+
