@@ -1,0 +1,244 @@
+"""Reading grouping datasets in the official HDF5 layout, and the LightningDataModule serving them.
+
+A file holds groups ``training``, ``validation`` and ``test``, each with ``features`` and ``groups``
+shaped (T, N, H, W, C) -- time first, then sample. Static data has T = 1. ``groups`` holds 0 for
+background and overlaps, 1..n for objects. Extra datasets (``overlaps``, ``masks``, ``collisions``)
+are tolerated and ignored. Batches are dicts of ``features`` (B, T, C, H, W) float32 and ``groups``
+(B, T, H, W) int64.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Optional
+
+import h5py
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from nem_lightning.errors import DataError
+
+Split = Literal["training", "validation", "test"]
+
+
+def _check_values(path: str, split: str, features: np.ndarray, groups: np.ndarray | None, first: int) -> None:
+    """Refuse NaN/inf or out-of-range features and non-integer or negative groups."""
+    if not np.isfinite(features).all():
+        raise DataError(f"{path}: {split}/features has NaN or infinite values (samples from {first})")
+    lo, hi = features.min(initial=0.0), features.max(initial=0.0)
+    if lo < 0.0 or hi > 1.0:
+        raise DataError(
+            f"{path}: {split}/features must lie in [0, 1], found values in [{lo:g}, {hi:g}] (samples from {first})"
+        )
+    if groups is not None and (not np.isfinite(groups).all() or (groups < 0).any() or (groups % 1 != 0).any()):
+        raise DataError(f"{path}: {split}/groups must hold non-negative integer labels (samples from {first})")
+
+
+def inspect_split(path: str, split: str, require_groups: bool = True) -> dict:
+    """Check the structure of one split and return its shapes, without reading the data.
+
+    Returns:
+        dict with ``frames`` T, ``samples`` N, ``shape`` (C, H, W) and ``has_groups``.
+
+    Raises:
+        DataError: naming the file and what was expected.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"data file {path!r} does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise DataError(f"{path}: not a readable HDF5 file ({err})") from None
+    with f:
+        if split not in f:
+            raise DataError(f"{path}: missing split {split!r}; found {sorted(f.keys())}, expected training/validation/test")
+        group = f[split]
+        if not isinstance(group, h5py.Group) or "features" not in group:
+            raise DataError(f"{path}: {split}/features is missing")
+        features = group["features"]
+        if features.ndim != 5:
+            raise DataError(f"{path}: {split}/features has shape {features.shape}; expected rank 5 (T, N, H, W, C)")
+        T, N, H, W, C = features.shape
+        has_groups = "groups" in group
+        if has_groups:
+            gshape = group["groups"].shape
+            if gshape not in ((T, N, H, W, 1), (T, N, H, W)):
+                raise DataError(
+                    f"{path}: {split}/groups has shape {gshape}, which does not match features {features.shape}; "
+                    f"expected {(T, N, H, W, 1)}"
+                )
+        elif require_groups:
+            raise DataError(f"{path}: {split}/groups is missing (needed to score groupings)")
+        if N == 0:
+            raise DataError(f"{path}: {split} holds no samples")
+    return {"frames": T, "samples": N, "shape": (C, H, W), "has_groups": has_groups}
+
+
+class GroupingDataset(Dataset):
+    """One split of an official-layout file, restricted to its first ``size`` samples.
+
+    The file is opened lazily in whichever process reads it first (h5py handles cannot be pickled
+    into DataLoader workers). With ``in_memory`` the whole subset is read and checked once; otherwise
+    each batch is read from disk and checked as it comes.
+
+    Args:
+        path: the HDF5 file.
+        split: ``training``, ``validation`` or ``test``.
+        size: number of leading samples to use; None for all.
+        in_memory: load the subset into memory on first use.
+        require_groups: refuse a split without ``groups``.
+    """
+
+    def __init__(
+        self, path: str, split: Split, size: Optional[int] = None, in_memory: bool = True, require_groups: bool = True
+    ) -> None:
+        self.path, self.split, self.in_memory = str(path), split, in_memory
+        info = inspect_split(self.path, split, require_groups)
+        if size is not None and not 0 < size <= info["samples"]:
+            raise DataError(f"{self.path}: asked for {size} {split} samples, the file holds {info['samples']}")
+        self.frames, self.shape, self.has_groups = info["frames"], info["shape"], info["has_groups"]
+        self.size = info["samples"] if size is None else size
+        self._file: h5py.File | None = None
+        self._cache: tuple[Tensor, Tensor | None] | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None}  # reopened lazily in each worker
+
+    def _read(self, index: slice | list[int]) -> tuple[Tensor, Tensor | None]:
+        if self._file is None:
+            self._file = h5py.File(self.path, "r")
+        group = self._file[self.split]
+        features = np.asarray(group["features"][:, index], dtype=np.float32)  # (T, n, H, W, C)
+        groups = np.asarray(group["groups"][:, index]) if self.has_groups else None  # (T, n, H, W[, 1])
+        first = index.start if isinstance(index, slice) else index[0]
+        _check_values(self.path, self.split, features, groups, first or 0)
+        x = torch.from_numpy(features).permute(1, 0, 4, 2, 3).contiguous()  # (n, T, C, H, W)
+        if groups is None:
+            return x, None
+        g = torch.from_numpy(groups.reshape(groups.shape[:4]).astype(np.int64)).transpose(0, 1).contiguous()
+        return x, g  # g: (n, T, H, W)
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Tensor]]:
+        if self.in_memory:
+            if self._cache is None:
+                self._cache = self._read(slice(0, self.size))
+            x, g = self._cache
+            idx = torch.as_tensor(indices)
+            return [{"features": x[idx], **({"groups": g[idx]} if g is not None else {}), "index": idx}]
+        order = np.argsort(indices)  # h5py reads increasing indices only
+        x, g = self._read([int(i) for i in np.asarray(indices)[order]])
+        inverse = torch.as_tensor(np.argsort(order))
+        batch = {"features": x[inverse], "index": torch.as_tensor(indices)}
+        if g is not None:
+            batch["groups"] = g[inverse]
+        return [batch]
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {k: v[0] for k, v in self.__getitems__([index])[0].items()}
+
+
+def _collate(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Batches come whole from ``__getitems__``; single items are stacked."""
+    if len(items) == 1 and items[0]["features"].dim() == 5:
+        return items[0]
+    return {k: torch.stack([item[k] for item in items]) for k in items[0]}
+
+
+class GroupingDataModule(pl.LightningDataModule):
+    """Static (T = 1) or sequential grouping data from one file in the official HDF5 layout.
+
+    Example: ``nem fit --config configs/shapes.yaml --data.path data/shapes.h5``.
+
+    Args:
+        path: HDF5 file in the official layout (the authors' original files work unchanged).
+        generate: name of a built-in dataset (see ``nem-data --help``) to generate at ``path`` when the
+            file does not exist yet; null to require an existing file.
+        generate_seed: seed of that generation (the same seed always writes the same file).
+        batch_size: samples per batch.
+        train_size: use the first N training samples; null for all.
+        val_size: use the first N validation samples (the paper validated on the first 1000).
+        test_size: use the first N test samples; null for all.
+        num_workers: DataLoader worker processes.
+        in_memory: read each used subset into memory once (fast); false reads batches from disk.
+    """
+
+    def __init__(
+        self,
+        path: str = "data/shapes.h5",
+        generate: Optional[str] = None,
+        generate_seed: int = 0,
+        batch_size: int = 64,
+        train_size: Optional[int] = None,
+        val_size: Optional[int] = 1000,
+        test_size: Optional[int] = None,
+        num_workers: int = 0,
+        in_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise DataError(f"data.batch_size must be at least 1, got {batch_size}")
+        for name, value in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
+            if value is not None and value < 1:
+                raise DataError(f"data.{name} must be a positive number of samples or null, got {value}")
+        self.save_hyperparameters()
+        self.path = str(path)
+        self._datasets: dict[str, GroupingDataset] = {}
+
+    def prepare_data(self) -> None:
+        """Generate the dataset on first use (rank 0 only), atomically."""
+        if os.path.exists(self.path):
+            return
+        if self.hparams.generate is None:
+            raise DataError(
+                f"data.path {self.path!r} does not exist; point it at a file in the official layout "
+                f"or set data.generate to a dataset name to create it"
+            )
+        from nem_lightning.datasets import generate_dataset
+
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        generate_dataset(self.hparams.generate, self.path, seed=self.hparams.generate_seed)
+
+    def dataset(self, split: Split, require_groups: bool = True) -> GroupingDataset:
+        """The (cached) dataset of one split."""
+        if split not in self._datasets:
+            size = {"training": self.hparams.train_size, "validation": self.hparams.val_size}.get(
+                split, self.hparams.test_size
+            )
+            if split == "validation" and size is not None:
+                size = min(size, inspect_split(self.path, split, require_groups)["samples"])
+            self._datasets[split] = GroupingDataset(self.path, split, size, self.hparams.in_memory, require_groups)
+        return self._datasets[split]
+
+    def setup(self, stage: str) -> None:
+        splits = {"fit": ["training", "validation"], "validate": ["validation"], "test": ["test"]}.get(stage, [])
+        for split in splits:
+            self.dataset(split)
+
+    def _loader(self, split: Split, shuffle: bool, require_groups: bool = True) -> DataLoader:
+        return DataLoader(
+            self.dataset(split, require_groups),
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            collate_fn=_collate,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("training", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False, require_groups=False)

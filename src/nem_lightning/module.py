@@ -1,0 +1,153 @@
+"""The LightningModule: unrolls Neural EM, computes the outer loss, logs losses and grouping scores.
+
+Run it with ``nem fit --config configs/shapes.yaml``; score it with
+``nem test --config configs/shapes.yaml --ckpt_path <checkpoint>``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from nem_lightning.em import Distribution, EMOutput, NeuralEM, Noise
+from nem_lightning.errors import ConfigError, DataError
+from nem_lightning.losses import StepWeights, outer_loss, step_weights, upper_bound_loss
+from nem_lightning.metrics import SequenceGroupingMetrics
+from nem_lightning.networks import Architecture, MStep, build_cell
+
+Stage = Literal["train", "val", "test", "predict"]
+
+
+class NEMLightningModule(pl.LightningModule):
+    """Neural Expectation Maximization (RNN-EM or N-EM) trained on the outer loss.
+
+    Args:
+        k: number of mixture components K (may differ between training and test).
+        steps: number of EM steps T unrolled per sample.
+        m_step: ``rnn_em`` (learned recurrent update) or ``n_em`` (one gradient step, tied weights).
+        architecture: encoder/decoder of the M-step (``fc``: pixels straight into the RNN).
+        input_shape: (C, H, W) of one frame; must match the data.
+        hidden_size: width of the recurrent state (250 in the paper's static experiments).
+        layer_norm: layer norm on the RNN pre-activation, read by the decoder.
+        distribution: pixel likelihood: ``bernoulli`` (binary data) or ``gaussian`` (grey data).
+        noise: input corruption: ``bitflip``, ``masked_uniform`` or ``none``.
+        noise_prob: probability of the noise per pixel (0.1 for static shapes, 0.2 elsewhere).
+        e_sigma: standard deviation of the Gaussian E-step.
+        w_inter: weight of the inter-component (prior) term of the loss.
+        step_weights: loss weight per step: ``last``, ``all``, or a list of T numbers.
+        gradient_gamma: let gradients flow through gamma (static data); false stops them (video).
+        score_steps: which steps the reported ``ami``/``ari`` average: ``last`` (static) or ``all`` (video).
+        lr: Adam learning rate.
+    """
+
+    def __init__(
+        self,
+        k: int = 4,
+        steps: int = 15,
+        m_step: MStep = "rnn_em",
+        architecture: Architecture = "fc",
+        input_shape: tuple[int, int, int] = (1, 28, 28),
+        hidden_size: int = 250,
+        layer_norm: bool = False,
+        distribution: Distribution = "bernoulli",
+        noise: Noise = "bitflip",
+        noise_prob: float = 0.1,
+        e_sigma: float = 0.25,
+        w_inter: float = 1.0,
+        step_weights: StepWeights = "last",
+        gradient_gamma: bool = True,
+        score_steps: Literal["last", "all"] = "last",
+        lr: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if k < 1 or steps < 1:
+            raise ConfigError(f"model.k and model.steps must be at least 1, got k={k}, steps={steps}")
+        if not 0.0 <= noise_prob <= 1.0:
+            raise ConfigError(f"model.noise_prob must lie in [0, 1], got {noise_prob}")
+        if m_step == "n_em" and distribution != "bernoulli":
+            raise ConfigError("model.m_step=n_em implements the Bernoulli gradient step; set model.distribution=bernoulli")
+        if lr <= 0 or e_sigma <= 0:
+            raise ConfigError(f"model.lr and model.e_sigma must be positive, got lr={lr}, e_sigma={e_sigma}")
+        self.save_hyperparameters()
+        self.weights = self._step_weights(step_weights, steps)
+        cell = build_cell(m_step, architecture, tuple(input_shape), hidden_size, layer_norm, distribution == "bernoulli")
+        self.em = NeuralEM(cell, distribution, noise, noise_prob, e_sigma, gradient_gamma)
+        self.val_scores = SequenceGroupingMetrics(steps, score_steps)
+        self.test_scores = SequenceGroupingMetrics(steps, score_steps)
+
+    @staticmethod
+    def _step_weights(weights: StepWeights, steps: int) -> list[float]:
+        try:
+            return step_weights(weights, steps)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+    def forward(self, features: Tensor) -> EMOutput:
+        """Unroll EM on (B, F, C, H, W) frames: F = 1 for static data, F >= steps + 1 for video."""
+        self._check_frames(features)
+        return self.em(features, self.hparams.k, self.hparams.steps)
+
+    def _check_frames(self, features: Tensor) -> None:
+        shape, frames = tuple(features.shape[2:]), features.shape[1]
+        if shape != tuple(self.hparams.input_shape):
+            raise DataError(
+                f"the data's frames are (C, H, W) = {shape} but model.input_shape is {tuple(self.hparams.input_shape)}"
+            )
+        if frames != 1 and frames < self.hparams.steps + 1:
+            raise DataError(
+                f"sequences have {frames} frames; model.steps={self.hparams.steps} needs at least {self.hparams.steps + 1}"
+            )
+
+    def _shared_step(self, batch: dict[str, Tensor], stage: Stage) -> Tensor:
+        out = self(batch["features"])
+        hp = self.hparams
+        loss = outer_loss(out.preds, out.gammas, out.targets, hp.distribution, self.weights, hp.w_inter, hp.gradient_gamma)
+        if not torch.isfinite(loss.total):
+            raise FloatingPointError(f"{stage} loss became {loss.total.item()}; lower model.lr or check the data")
+        train = stage == "train"
+        with torch.no_grad():
+            upper = upper_bound_loss(out.stacked_preds(), out.targets, hp.distribution, self.weights)
+        options = dict(on_step=train, on_epoch=not train, batch_size=batch["features"].shape[0], sync_dist=not train)
+        self.log(f"{stage}/loss", loss.total.detach(), prog_bar=True, **options)
+        logged = {"intra": loss.intra, "inter": loss.inter, "upper_bound": upper}
+        self.log_dict({f"{stage}/{name}": value.detach() for name, value in logged.items()}, **options)
+        if stage in ("val", "test") and "groups" in batch:
+            scores = self.val_scores if stage == "val" else self.test_scores
+            scores.update(out.stacked_gammas().squeeze(3), self._scored_groups(batch["groups"]))
+        return loss.total
+
+    def _scored_groups(self, groups: Tensor) -> Tensor:
+        """Groups each step's gamma is scored against: step t predicts frame t + 1. (B, T or 1, H, W)."""
+        return groups if groups.shape[1] == 1 else groups[:, 1 : self.hparams.steps + 1]
+
+    def _log_scores(self, scores: SequenceGroupingMetrics, stage: Stage) -> None:
+        values = scores.compute()
+        self.log(f"{stage}/ami", values["ami"], prog_bar=True)
+        self.log_dict({f"{stage}/{name}": v for name, v in values.items() if v.dim() == 0 and name != "ami"})
+        scores.reset()
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores(self.val_scores, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores(self.test_scores, "test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        """Per sample: gamma (B, T, K, H, W) and predictions (B, T, K, C, H, W) of every step."""
+        out = self(batch["features"])
+        return {"index": batch["index"], "gammas": out.stacked_gammas().squeeze(3), "preds": out.stacked_preds()}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny data files, generated once per test session."""
+
+import h5py
+import numpy as np
+import pytest
+
+from nem_lightning.datasets import generate_dataset
+
+
+@pytest.fixture(scope="session")
+def shapes_file(tmp_path_factory):
+    """A tiny static-shapes file from our generator: 96 / 48 / 48 samples."""
+    return str(generate_dataset("shapes", tmp_path_factory.mktemp("data") / "shapes.h5", sizes=(96, 48, 48), progress=False))
+
+
+def write_official_layout(path, splits, dtype=np.uint8, extra=True):
+    """Write a file in the official layout with plain h5py, as another tool would.
+
+    ``splits`` maps split name to (features, groups) arrays shaped (T, N, H, W, 1).
+    """
+    with h5py.File(path, "w") as f:
+        for split, (features, groups) in splits.items():
+            g = f.create_group(split)
+            g.create_dataset("features", data=features.astype(dtype))
+            g.create_dataset("groups", data=groups.astype(dtype))
+            if extra:
+                g.create_dataset("overlaps", data=np.zeros_like(groups, dtype=np.uint8))
+    return str(path)
+
+
+def random_static(n, seed=0, size=28):
+    """Random binary features and groups 0..3, shaped (1, n, size, size, 1)."""
+    rng = np.random.default_rng(seed)
+    groups = rng.integers(0, 4, size=(1, n, size, size, 1))
+    return (groups > 0).astype(np.float32), groups
+
+
+@pytest.fixture(scope="session")
+def foreign_shapes_file(tmp_path_factory):
+    """A static file in the official layout written by plain h5py (uint8, with an extra dataset)."""
+    path = tmp_path_factory.mktemp("foreign") / "foreign.h5"
+    return write_official_layout(path, {s: random_static(40, i) for i, s in enumerate(("training", "validation", "test"))})

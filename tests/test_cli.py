@@ -1,0 +1,156 @@
+"""The `nem` command end to end, in process: fit, resume, test, refusals, configs and determinism."""
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+from pytorch_lightning.callbacks import Callback
+
+from nem_lightning.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _fit_args(config, data_path, out, *extra):
+    return [
+        "fit", "--config", str(CONFIGS / config), "--config", str(CONFIGS / "debug.yaml"),
+        "--data.path", data_path, "--data.batch_size", "16", "--model.steps", "3",
+        "--trainer.logger.init_args.save_dir", str(out), "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", *extra,
+    ]
+
+
+def _checkpoints(out, name):
+    return sorted((Path(out) / name).glob("version_*/checkpoints/*.ckpt"))
+
+
+class StopAt(Callback):
+    """Interrupts training at a given global step, like Ctrl-C or SIGTERM would."""
+
+    def __init__(self, step: int, how: str = "keyboard") -> None:
+        self.step, self.how = step, how
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            if self.how == "keyboard":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def trained(shapes_file, tmp_path_factory):
+    """One tiny RNN-EM fit; returns its output folder and its last checkpoint."""
+    out = tmp_path_factory.mktemp("runs")
+    main(_fit_args("shapes.yaml", shapes_file, out))
+    names = [p.name for p in _checkpoints(out, "shapes")]
+    assert "last.ckpt" in names and any(n.startswith("best-") for n in names)
+    return out, str(next(p for p in _checkpoints(out, "shapes") if p.name == "last.ckpt"))
+
+
+def test_help_lists_the_four_subcommands(capsys):
+    """`nem --help` names fit, validate, test and predict."""
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(cmd in text for cmd in ("fit", "validate", "test", "predict"))
+
+
+def test_print_config_is_complete_and_reproduces_the_run(capsys, tmp_path):
+    """--print_config prints every option; feeding it back gives the same config."""
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / "shapes.yaml"), "--model.k", "5", "--print_config"])
+    text = capsys.readouterr().out
+    config = yaml.safe_load(text)
+    assert config["model"]["k"] == 5 and config["model"]["steps"] == 15 and config["data"]["val_size"] == 1000
+    assert config["seed_everything"] == 0 and "trainer" in config
+    (tmp_path / "printed.yaml").write_text(text)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(tmp_path / "printed.yaml"), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out) == config
+
+
+@pytest.mark.parametrize("subcommand", ["test", "validate", "predict"])
+def test_scoring_without_a_checkpoint_is_refused(subcommand, shapes_file, capsys):
+    """Without an existing --ckpt_path the command exits 2 with one clear line."""
+    for extra in ([], ["--ckpt_path", "missing.ckpt"]):
+        with pytest.raises(SystemExit) as info:
+            main([subcommand, "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file, *extra])
+        assert info.value.code == 2
+        assert "needs --ckpt_path naming an existing checkpoint file" in capsys.readouterr().err
+
+
+def test_test_prints_ami_ari_and_confidence_and_is_deterministic(trained, shapes_file, capsys):
+    """`nem test --ckpt_path` reports test AMI, last-step ARI and confidence; the same seed repeats them."""
+    out, ckpt = trained
+    args = ["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file, "--ckpt_path", ckpt,
+            "--trainer.logger", "false"]
+    first = main(args).trainer.callback_metrics
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in ("test/ami", "test/ari_last", "test/confidence"))
+    assert 0.0 <= first["test/confidence"] <= 1.0 and -1.0 <= first["test/ami"] <= 1.0
+    second = main(args).trainer.callback_metrics
+    assert {k: float(v) for k, v in first.items()} == {k: float(v) for k, v in second.items()}
+
+
+def test_test_reads_a_file_from_another_tool(trained, foreign_shapes_file):
+    """A static file in the official layout written by plain h5py scores without conversion."""
+    _, ckpt = trained
+    cli = main(["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", foreign_shapes_file,
+                "--ckpt_path", ckpt, "--trainer.logger", "false"])
+    assert "test/ami" in cli.trainer.callback_metrics
+
+
+def test_test_on_a_malformed_file_fails_with_one_line(trained, tmp_path, capsys):
+    """A malformed data file gives exit code 2 and a message naming the file."""
+    _, ckpt = trained
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5")
+    with pytest.raises(SystemExit) as info:
+        main(["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", str(bad), "--ckpt_path", ckpt])
+    assert info.value.code == 2
+    assert f"error: {bad}: not a readable HDF5 file" in capsys.readouterr().err
+
+
+def test_same_seed_gives_the_same_training_metrics(shapes_file, tmp_path):
+    """Two fits with the same seed on CPU log identical validation metrics."""
+    metrics = []
+    for run in ("a", "b"):
+        cli = main(_fit_args("shapes.yaml", shapes_file, tmp_path / run, "--trainer.max_epochs", "1"))
+        metrics.append({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")})
+    assert metrics[0] == metrics[1] and "val/ami" in metrics[0]
+
+
+@pytest.mark.parametrize("how", ["keyboard", "sigterm"])
+def test_interrupted_fit_leaves_last_ckpt_that_resumes(how, shapes_file, tmp_path):
+    """Ctrl-C or SIGTERM mid-epoch writes last.ckpt; --ckpt_path last.ckpt resumes to the end."""
+    stop = f'{{"class_path": "test_cli.StopAt", "init_args": {{"step": 2, "how": "{how}"}}}}'
+    args = _fit_args("shapes.yaml", shapes_file, tmp_path, f"--trainer.callbacks+={stop}")
+    with pytest.raises(SystemExit):  # Lightning exits after a graceful shutdown on either signal
+        main(args)
+    last = tmp_path / "shapes" / "version_0" / "checkpoints" / "last.ckpt"
+    assert last.is_file()
+    import torch
+
+    assert torch.load(last, weights_only=False)["global_step"] == 2
+    cli = main(_fit_args("shapes.yaml", shapes_file, tmp_path, "--ckpt_path", str(last)))
+    assert cli.trainer.global_step == 8  # 2 epochs x 4 batches, continued rather than restarted
+
+
+def test_n_em_config_trains(shapes_file, tmp_path):
+    """configs/shapes_nem.yaml trains N-EM and the learned step size changes."""
+    cli = main(_fit_args("shapes_nem.yaml", shapes_file, tmp_path))
+    assert cli.model.hparams.m_step == "n_em"
+    assert float(cli.model.em.cell.step_size) != 1.0
+    assert "val/ami" in cli.trainer.callback_metrics
+
+
+def test_impossible_config_is_one_line(shapes_file, capsys):
+    """N-EM with Gaussian pixels is refused naming the options."""
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(CONFIGS / "shapes.yaml"), "--model.m_step", "n_em",
+              "--model.distribution", "gaussian", "--data.path", shapes_file])
+    assert info.value.code == 2
+    assert "model.m_step=n_em" in capsys.readouterr().err
