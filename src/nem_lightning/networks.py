@@ -1,16 +1,100 @@
-"""Encoders and decoders of the paper's architectures, and the M-step cell built from them."""
+"""Encoders and decoders of the paper's architectures, and the M-step cell built from them.
+
+Three layouts, as in the paper's experiments (the cell feeds the encoder (B*K, C, H, W) deltas and the
+decoder returns (B*K, C, H, W) predictions):
+
+- ``fc`` (static shapes): no encoder, the D pixels feed the RNN; one fully connected decoder layer.
+- ``flying_shapes`` (1x28x28): conv 32 -> conv 64 (k4 s2) -> fc 512 encoder; fc 512 -> fc 7*7*64 ->
+  [2x nearest upsample, conv 32 k4] -> [2x upsample, conv 1 k4] decoder.
+- ``flying_mnist`` (1x24x24): per-sample input standardisation, conv 32 -> 64 -> 128 (k4 s2) -> fc 512
+  encoder; fc 512 -> fc 3*3*128 -> up+conv 64 -> up+conv 32 -> up+conv 1 decoder.
+
+Every hidden layer of the convolutional layouts is followed by layer norm over all non-batch axes (with
+a per-channel scale and offset, as TF's ``layer_norm``), then ELU in the encoder and ReLU in the
+decoder. Convs use TF "SAME" padding. Weights are Glorot-uniform and biases zero (the TF defaults).
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
-from torch import nn
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from nem_lightning.cells import NEMCell, RNNEMCell
+from nem_lightning.errors import ConfigError
 
 MStep = Literal["rnn_em", "n_em"]
-Architecture = Literal["fc"]
+Architecture = Literal["fc", "flying_shapes", "flying_mnist"]
+
+CONV_INPUT_SHAPES = {"flying_shapes": (1, 28, 28), "flying_mnist": (1, 24, 24)}  # (C, H, W) each was built for
+ENCODED_SIZE = 512  # width of the last encoder layer and of the first decoder layer
+LAYER_NORM_EPS = 1e-5  # torch's default, as in the cell's layer norm (TF's contrib layer_norm used 1e-12)
+STANDARDIZE_EPS = 1e-6  # keeps the input standardisation finite on an all-zero (constant) input
+
+
+def glorot_(layer: nn.Linear | nn.Conv2d) -> nn.Linear | nn.Conv2d:
+    """Glorot-uniform weights and zero bias, the original's TF defaults; returns the layer."""
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF "SAME" padding (before, after) of one axis: output ceil(size / stride), odd extra pixel after."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class SamePadConv(nn.Conv2d):
+    """Conv2d with TF "SAME" padding, which is asymmetric (1 before, 2 after) for k4 s1."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 4, stride: int = 1) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding=0)
+        glorot_(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        top, bottom = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
+        left, right = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
+        return super().forward(F.pad(x, (left, right, top, bottom)))
+
+
+class ChannelLayerNorm(nn.Module):
+    """Layer norm over all non-batch axes, then a per-channel (axis 1) scale and offset.
+
+    This is TF's ``layer_norm`` (statistics over all non-batch axes, parameters on the channel axis):
+    on (n, C, H, W) it normalises over (C, H, W) together; on (n, F) it is the usual layer norm.
+    """
+
+    def __init__(self, channels: int, eps: float = LAYER_NORM_EPS) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.layer_norm(x, x.shape[1:], eps=self.eps)  # mean 0, variance 1 over all non-batch axes
+        shape = (1, -1) + (1,) * (x.dim() - 2)  # (1, C, 1, 1) for feature maps, (1, F) for vectors
+        return x * self.weight.view(shape) + self.bias.view(shape)
+
+
+class Standardize(nn.Module):
+    """Per-sample input standardisation over (C, H, W): ``(x - mean) / (std + eps)``.
+
+    The original divided by the standard deviation alone, which gives NaN when a component's input
+    is constant (e.g. all zeros); ``eps`` (``STANDARDIZE_EPS``) keeps it finite. The square root is
+    taken of the variance clamped at ``eps**2``, so its gradient is finite there too.
+    """
+
+    def __init__(self, eps: float = STANDARDIZE_EPS) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        var, mean = torch.var_mean(x, dim=(1, 2, 3), correction=0, keepdim=True)  # (n, 1, 1, 1) each
+        return (x - mean) / (var.clamp_min(self.eps**2).sqrt() + self.eps)
 
 
 class Unflatten(nn.Module):
@@ -36,6 +120,47 @@ def fc_decoder(hidden_size: int, input_shape: tuple[int, int, int], sigmoid_outp
     return nn.Sequential(*layers)
 
 
+def conv_encoder(input_shape: tuple[int, int, int], channels: tuple[int, ...], standardize: bool) -> nn.Sequential:
+    """[conv k4 s2, LN, ELU] per entry of ``channels``, then [fc 512, LN, ELU]: (n, C, H, W) -> (n, 512)."""
+    c, h, w = input_shape
+    layers: list[nn.Module] = [Standardize()] if standardize else []
+    for out in channels:
+        layers += [SamePadConv(c, out, 4, stride=2), ChannelLayerNorm(out), nn.ELU()]
+        c, h, w = out, math.ceil(h / 2), math.ceil(w / 2)  # SAME padding halves, rounding up
+    layers += [nn.Flatten(), glorot_(nn.Linear(c * h * w, ENCODED_SIZE)), ChannelLayerNorm(ENCODED_SIZE), nn.ELU()]
+    return nn.Sequential(*layers)
+
+
+def conv_decoder(
+    hidden_size: int, start_shape: tuple[int, int, int], channels: tuple[int, ...], sigmoid_output: bool
+) -> nn.Sequential:
+    """fc 512 -> fc to ``start_shape`` -> [2x nearest upsample, conv k4 s1] per entry of ``channels``.
+
+    LN + ReLU after every layer but the last, which is sigmoid (``sigmoid_output``) or linear.
+    """
+    c, h, w = start_shape
+    layers: list[nn.Module] = [glorot_(nn.Linear(hidden_size, ENCODED_SIZE)), ChannelLayerNorm(ENCODED_SIZE), nn.ReLU()]
+    layers += [glorot_(nn.Linear(ENCODED_SIZE, c * h * w)), ChannelLayerNorm(c * h * w), nn.ReLU()]
+    layers.append(Unflatten(start_shape))  # (n, C, H, W)
+    for i, out in enumerate(channels):
+        layers += [nn.Upsample(scale_factor=2, mode="nearest"), SamePadConv(c, out, 4, stride=1)]
+        if i < len(channels) - 1:
+            layers += [ChannelLayerNorm(out), nn.ReLU()]
+        c = out
+    if sigmoid_output:
+        layers.append(nn.Sigmoid())
+    return nn.Sequential(*layers)
+
+
+def _check_input_shape(architecture: str, input_shape: tuple[int, ...]) -> None:
+    expected = CONV_INPUT_SHAPES[architecture]
+    if input_shape != expected:
+        raise ConfigError(
+            f"model.architecture={architecture} needs model.input_shape={list(expected)} (C, H, W), "
+            f"got {list(input_shape)}"
+        )
+
+
 def build_cell(
     m_step: MStep,
     architecture: Architecture,
@@ -47,15 +172,27 @@ def build_cell(
     """Build the M-step cell for one of the paper's architectures.
 
     Args:
-        m_step: ``rnn_em`` (learned update) or ``n_em`` (gradient step, tied weights).
-        architecture: ``fc``: no encoder (the D pixels feed the RNN) and a fully connected decoder.
+        m_step: ``rnn_em`` (learned update) or ``n_em`` (gradient step, tied weights; ``fc`` only).
+        architecture: ``fc``: no encoder (the D pixels feed the RNN) and a fully connected decoder;
+            ``flying_shapes``: the conv net for 1x28x28 frames; ``flying_mnist``: the conv net with
+            input standardisation for 1x24x24 frames.
         input_shape: (C, H, W) of one frame.
-        hidden_size: width of the recurrent state.
+        hidden_size: width of the recurrent state (paper: 250 static, 100 flying shapes, 250 flying MNIST).
         layer_norm: layer norm on the RNN pre-activation (RNN-EM only).
         sigmoid_output: sigmoid on the decoder output (Bernoulli pixels); linear for Gaussian.
     """
-    input_shape = tuple(input_shape)
+    input_shape = tuple(int(n) for n in input_shape)
+    if architecture not in get_args(Architecture):
+        valid = ", ".join(get_args(Architecture))
+        raise ConfigError(f"unknown model.architecture={architecture!r}; expected one of: {valid}")
+    if m_step not in get_args(MStep):
+        raise ConfigError(f"unknown model.m_step={m_step!r}; expected one of: {', '.join(get_args(MStep))}")
     if m_step == "n_em":
+        if architecture != "fc":
+            raise ConfigError(
+                f"model.m_step=n_em ties its decoder to its input weights, which exists only for "
+                f"model.architecture=fc, got {architecture}; use model.m_step=rnn_em"
+            )
         return NEMCell(input_shape, hidden_size)
     if architecture == "fc":
         return RNNEMCell(
@@ -65,4 +202,15 @@ def build_cell(
             fc_decoder(hidden_size, input_shape, sigmoid_output),
             layer_norm,
         )
-    raise ValueError(f"unknown architecture {architecture!r}; expected one of: fc")
+    _check_input_shape(architecture, input_shape)
+    if architecture == "flying_shapes":
+        # (B*K, 1, 28, 28) -> (B*K, 32, 14, 14) -> (B*K, 64, 7, 7) -> (B*K, 512)
+        encoder = conv_encoder(input_shape, (32, 64), standardize=False)
+        # (B*K, hidden) -> (B*K, 512) -> (B*K, 64, 7, 7) -> (B*K, 32, 14, 14) -> (B*K, 1, 28, 28)
+        decoder = conv_decoder(hidden_size, (64, 7, 7), (32, 1), sigmoid_output)
+    else:
+        # (B*K, 1, 24, 24) -> (B*K, 32, 12, 12) -> (B*K, 64, 6, 6) -> (B*K, 128, 3, 3) -> (B*K, 512)
+        encoder = conv_encoder(input_shape, (32, 64, 128), standardize=True)
+        # (B*K, hidden) -> (B*K, 512) -> (B*K, 128, 3, 3) -> (B*K, 64, 6, 6) -> (B*K, 32, 12, 12) -> (B*K, 1, 24, 24)
+        decoder = conv_decoder(hidden_size, (128, 3, 3), (64, 32, 1), sigmoid_output)
+    return RNNEMCell(encoder, ENCODED_SIZE, hidden_size, decoder, layer_norm)

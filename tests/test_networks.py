@@ -1,0 +1,190 @@
+"""The paper's encoder/decoder architectures: shapes, padding, layer norm, init and configuration errors."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from nem_lightning.em import NeuralEM
+from nem_lightning.errors import ConfigError
+from nem_lightning.networks import ChannelLayerNorm, SamePadConv, Standardize, build_cell, same_padding
+
+# architecture -> (input_shape, hidden_size, sigmoid_output) as the paper's experiments use them
+PAPER = {"flying_shapes": ((1, 28, 28), 100, True), "flying_mnist": ((1, 24, 24), 250, False)}
+
+
+def _cell(architecture: str, sigmoid_output: bool | None = None) -> nn.Module:
+    shape, hidden, sigmoid = PAPER[architecture]
+    torch.manual_seed(0)
+    sigmoid = sigmoid if sigmoid_output is None else sigmoid_output
+    return build_cell("rnn_em", architecture, shape, hidden, True, sigmoid)
+
+
+@pytest.mark.parametrize("architecture", PAPER)
+def test_encoder_decoder_and_cell_output_shapes(architecture):
+    """Encoder maps (n, C, H, W) to (n, 512), decoder (n, hidden) back to (n, C, H, W), the cell both ways."""
+    shape, hidden, _ = PAPER[architecture]
+    cell = _cell(architecture)
+    delta = torch.randn(3, *shape)
+    assert cell.encoder(delta).shape == (3, 512)
+    assert cell.decoder(torch.rand(3, hidden)).shape == (3, *shape)
+    psi, h = cell(delta, cell.init_state(3, delta))
+    assert psi.shape == (3, *shape) and h.shape == (3, hidden)
+
+
+@pytest.mark.parametrize("architecture", PAPER)
+def test_encoder_feature_maps_halve_with_same_padding(architecture):
+    """The stride-2 k4 convs give 28 -> 14 -> 7 and 24 -> 12 -> 6 -> 3, as TF's SAME padding does."""
+    shape, _, _ = PAPER[architecture]
+    x, sizes = torch.randn(2, *shape), []
+    for layer in _cell(architecture).encoder:
+        x = layer(x)
+        if isinstance(layer, SamePadConv):
+            sizes.append(tuple(x.shape[1:]))
+    if architecture == "flying_shapes":
+        assert sizes == [(32, 14, 14), (64, 7, 7)]
+    else:
+        assert sizes == [(32, 12, 12), (64, 6, 6), (128, 3, 3)]
+
+
+def test_same_padding_matches_tf_formula():
+    """Stride 2 on an even size pads 1/1; stride 1 with k4 pads 1 before and 2 after; odd sizes put the extra after."""
+    assert same_padding(28, 4, 2) == (1, 1)
+    assert same_padding(6, 4, 2) == (1, 1)
+    assert same_padding(14, 4, 1) == (1, 2)
+    assert same_padding(7, 4, 2) == (1, 2)
+
+
+@pytest.mark.parametrize("tap, shift", [((0, 0), (1, 1)), ((3, 3), (-2, -2)), ((1, 1), (0, 0))])
+def test_stride1_conv_pads_one_before_two_after(tap, shift):
+    """A one-hot kernel moves an impulse by (1 - tap): only padding (1 before, 2 after) gives these shifts."""
+    conv = SamePadConv(1, 1, 4, stride=1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, tap[0], tap[1]] = 1.0
+        conv.bias.zero_()
+    x = torch.zeros(1, 1, 6, 6)
+    x[0, 0, 2, 3] = 1.0
+    y = conv(x)
+    assert y.shape == x.shape
+    expected = torch.zeros_like(x)
+    expected[0, 0, 2 + shift[0], 3 + shift[1]] = 1.0
+    torch.testing.assert_close(y, expected)
+
+
+def test_layer_norm_normalises_over_channels_and_space_together():
+    """Statistics are over (C, H, W) jointly (not per channel); the affine is per channel."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 5, 5) * 2.0 + torch.tensor([0.0, 5.0, -3.0]).view(1, 3, 1, 1)  # channels at different offsets
+    norm = ChannelLayerNorm(3)
+    y = norm(x)
+    assert torch.allclose(y.mean((1, 2, 3)), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(y.var((1, 2, 3), correction=0), torch.ones(4), atol=1e-3)
+    assert (y.mean((2, 3))[:, 1] - y.mean((2, 3))[:, 2]).min() > 1.0  # per-channel offsets survive: not instance norm
+    assert norm.weight.shape == (3,) and norm.bias.shape == (3,)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        norm.bias.copy_(torch.tensor([0.5, -1.0, 0.0]))
+    mean, var = x.mean((1, 2, 3), keepdim=True), x.var((1, 2, 3), correction=0, keepdim=True)
+    expected = (x - mean) / torch.sqrt(var + norm.eps) * norm.weight.view(1, 3, 1, 1) + norm.bias.view(1, 3, 1, 1)
+    torch.testing.assert_close(norm(x), expected)
+
+
+@pytest.mark.parametrize("architecture", PAPER)
+def test_sigmoid_output_flag_decides_the_last_layer(architecture):
+    """With the same weights, sigmoid_output=True returns exactly sigmoid of the sigmoid_output=False output."""
+    linear, sigmoid = _cell(architecture, sigmoid_output=False), _cell(architecture, sigmoid_output=True)
+    sigmoid.load_state_dict(linear.state_dict())
+    shape, hidden, _ = PAPER[architecture]
+    h = torch.rand(4, hidden)
+    out = linear.decoder(h)
+    assert out.min() < 0  # linear output is unbounded
+    torch.testing.assert_close(sigmoid.decoder(h), torch.sigmoid(out))
+
+
+def test_standardisation_of_all_zero_input_is_finite():
+    """An all-zero component input (the original's NaN case) gives finite outputs and finite gradients."""
+    cell = _cell("flying_mnist")
+    delta = torch.zeros(2, 1, 24, 24, requires_grad=True)
+    psi, h = cell(delta, cell.init_state(2, delta))
+    assert torch.isfinite(psi).all() and torch.isfinite(h).all()
+    psi.sum().backward()
+    assert torch.isfinite(delta.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in cell.parameters())
+    z = Standardize()(torch.zeros(1, 1, 3, 3))
+    assert torch.equal(z, torch.zeros(1, 1, 3, 3))
+
+
+def test_standardisation_is_per_sample():
+    """Each sample gets mean 0 and standard deviation ~1 over (C, H, W), whatever the others hold."""
+    x = torch.cat([torch.rand(1, 1, 24, 24) * 10 + 3, torch.rand(1, 1, 24, 24) * 0.1])
+    y = Standardize()(x)
+    assert torch.allclose(y.mean((1, 2, 3)), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(y.std((1, 2, 3), correction=0), torch.ones(2), atol=1e-4)
+
+
+@pytest.mark.parametrize("architecture", PAPER)
+def test_unroll_runs_forward_and_backward_with_finite_gradients(architecture):
+    """A 2-step, K=2 NeuralEM unroll gives finite, non-zero gradients to every parameter."""
+    shape, _, sigmoid = PAPER[architecture]
+    torch.manual_seed(0)
+    em = NeuralEM(_cell(architecture), "bernoulli" if sigmoid else "gaussian", "none", gradient_gamma=False)
+    frames = (torch.rand(2, 3, *shape) < 0.3).float()  # (B, F, C, H, W) video: step t predicts frame t+1
+    out = em(frames, k=2, steps=2)
+    assert out.preds[-1].shape == (2, 2, *shape)
+    loss = sum((g.detach() * (p - out.targets[:, t]) ** 2).sum() for t, (p, g) in enumerate(zip(out.preds, out.gammas)))
+    loss.backward()
+    for name, p in em.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_flying_shapes_parameter_count_matches_the_table():
+    """conv 32, conv 64, fc 512 / RNN 100 / fc 512, fc 3136, conv 32, conv 1, each LN with a scale and offset."""
+
+    def conv(c_in, c_out):  # k4 weights and a bias
+        return c_in * c_out * 4 * 4 + c_out
+
+    def fc(n_in, n_out):
+        return n_in * n_out + n_out
+
+    def ln(channels):  # one scale and one offset per channel
+        return 2 * channels
+
+    encoder = conv(1, 32) + ln(32) + conv(32, 64) + ln(64) + fc(64 * 7 * 7, 512) + ln(512)
+    recurrent = fc(512, 100) + 100 * 100 + ln(100)  # [enc; h] -> 100: one bias, recurrent part without
+    decoder = fc(100, 512) + ln(512) + fc(512, 7 * 7 * 64) + ln(7 * 7 * 64) + conv(64, 32) + ln(32) + conv(32, 1)
+    cell = _cell("flying_shapes")
+    assert sum(p.numel() for p in cell.encoder.parameters()) == encoder
+    assert sum(p.numel() for p in cell.decoder.parameters()) == decoder
+    assert sum(p.numel() for p in cell.parameters()) == encoder + recurrent + decoder == 3_403_389
+
+
+def test_conv_architectures_use_glorot_weights_and_zero_biases():
+    """Every conv and linear layer starts with zero bias and Glorot-uniform-bounded weights."""
+    cell = _cell("flying_mnist")
+    layers = [m for m in [*cell.encoder, *cell.decoder] if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert len(layers) == 9  # 3 convs + fc in the encoder, 2 fc + 3 convs in the decoder
+    for layer in layers:
+        fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(layer.weight)
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound
+        assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
+
+
+@pytest.mark.parametrize(
+    "args, names",
+    [
+        (("rnn_em", "flying_shapes", (1, 24, 24)), ["model.input_shape", "[1, 28, 28]"]),
+        (("rnn_em", "flying_mnist", (1, 28, 28)), ["model.input_shape", "[1, 24, 24]"]),
+        (("n_em", "flying_shapes", (1, 28, 28)), ["model.m_step", "model.architecture=fc"]),
+        (("rnn_em", "conv", (1, 28, 28)), ["model.architecture", "fc, flying_shapes, flying_mnist"]),
+    ],
+)
+def test_invalid_configurations_raise_config_error_naming_the_option(args, names):
+    """Wrong input shape, N-EM with a conv net and an unknown architecture each name the option to fix."""
+    with pytest.raises(ConfigError) as err:
+        build_cell(*args, 100, True, True)
+    for name in names:
+        assert name in str(err.value)
