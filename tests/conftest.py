@@ -1,10 +1,17 @@
 """Shared fixtures: tiny data files, generated once per test session."""
 
+import json
+import os
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
 
 from nem_lightning.datasets import generate_dataset
+
+# W&B must never log in or touch the network from the tests; tests that want offline mode set it.
+os.environ["WANDB_MODE"] = "disabled"
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +47,10 @@ def foreign_shapes_file(tmp_path_factory):
     """A static file in the official layout written by plain h5py (uint8, with an extra dataset)."""
     path = tmp_path_factory.mktemp("foreign") / "foreign.h5"
     return write_official_layout(path, {s: random_static(40, i) for i, s in enumerate(("training", "validation", "test"))})
+
+
+def csv_logger(save_dir, config):
+    """CLI arguments replacing a config's loggers by one CSVLogger in ``save_dir`` named after the config."""
+    name = Path(config).stem
+    return ["--trainer.logger", json.dumps({"class_path": "pytorch_lightning.loggers.CSVLogger",
+                                            "init_args": {"save_dir": str(save_dir), "name": name}})]

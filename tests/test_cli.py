@@ -2,13 +2,16 @@
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from pytorch_lightning.callbacks import Callback
 
-from nem_lightning.cli import main
+from conftest import csv_logger
+from nem_lightning.cli import run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -17,7 +20,7 @@ def _fit_args(config, data_path, out, *extra):
     return [
         "fit", "--config", str(CONFIGS / config), "--config", str(CONFIGS / "debug.yaml"),
         "--data.path", data_path, "--data.batch_size", "16", "--model.steps", "3",
-        "--trainer.logger.init_args.save_dir", str(out), "--trainer.enable_progress_bar", "false",
+        *csv_logger(out, config), "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", *extra,
     ]
 
@@ -43,7 +46,7 @@ class StopAt(Callback):
 def trained(shapes_file, tmp_path_factory):
     """One tiny RNN-EM fit; returns its output folder and its last checkpoint."""
     out = tmp_path_factory.mktemp("runs")
-    main(_fit_args("shapes.yaml", shapes_file, out))
+    run(_fit_args("shapes.yaml", shapes_file, out))
     names = [p.name for p in _checkpoints(out, "shapes")]
     assert "last.ckpt" in names and any(n.startswith("best-") for n in names)
     return out, str(next(p for p in _checkpoints(out, "shapes") if p.name == "last.ckpt"))
@@ -52,7 +55,7 @@ def trained(shapes_file, tmp_path_factory):
 def test_help_lists_the_four_subcommands(capsys):
     """`nem --help` names fit, validate, test and predict."""
     with pytest.raises(SystemExit) as info:
-        main(["--help"])
+        run(["--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
     assert all(cmd in text for cmd in ("fit", "validate", "test", "predict"))
@@ -61,14 +64,14 @@ def test_help_lists_the_four_subcommands(capsys):
 def test_print_config_is_complete_and_reproduces_the_run(capsys, tmp_path):
     """--print_config prints every option; feeding it back gives the same config."""
     with pytest.raises(SystemExit):
-        main(["fit", "--config", str(CONFIGS / "shapes.yaml"), "--model.k", "5", "--print_config"])
+        run(["fit", "--config", str(CONFIGS / "shapes.yaml"), "--model.k", "5", "--print_config"])
     text = capsys.readouterr().out
     config = yaml.safe_load(text)
     assert config["model"]["k"] == 5 and config["model"]["steps"] == 15 and config["data"]["val_size"] == 1000
     assert config["seed_everything"] == 0 and "trainer" in config
     (tmp_path / "printed.yaml").write_text(text)
     with pytest.raises(SystemExit):
-        main(["fit", "--config", str(tmp_path / "printed.yaml"), "--print_config"])
+        run(["fit", "--config", str(tmp_path / "printed.yaml"), "--print_config"])
     assert yaml.safe_load(capsys.readouterr().out) == config
 
 
@@ -77,7 +80,7 @@ def test_scoring_without_a_checkpoint_is_refused(subcommand, shapes_file, capsys
     """Without an existing --ckpt_path the command exits 2 with one clear line."""
     for extra in ([], ["--ckpt_path", "missing.ckpt"]):
         with pytest.raises(SystemExit) as info:
-            main([subcommand, "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file, *extra])
+            run([subcommand, "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file, *extra])
         assert info.value.code == 2
         assert "needs --ckpt_path naming an existing checkpoint file" in capsys.readouterr().err
 
@@ -87,18 +90,18 @@ def test_test_prints_ami_ari_and_confidence_and_is_deterministic(trained, shapes
     out, ckpt = trained
     args = ["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file, "--ckpt_path", ckpt,
             "--trainer.logger", "false"]
-    first = main(args).trainer.callback_metrics
+    first = run(args).trainer.callback_metrics
     printed = capsys.readouterr().out
     assert all(name in printed for name in ("test/ami", "test/ari_last", "test/confidence"))
     assert 0.0 <= first["test/confidence"] <= 1.0 and -1.0 <= first["test/ami"] <= 1.0
-    second = main(args).trainer.callback_metrics
+    second = run(args).trainer.callback_metrics
     assert {k: float(v) for k, v in first.items()} == {k: float(v) for k, v in second.items()}
 
 
 def test_test_reads_a_file_from_another_tool(trained, foreign_shapes_file):
     """A static file in the official layout written by plain h5py scores without conversion."""
     _, ckpt = trained
-    cli = main(["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", foreign_shapes_file,
+    cli = run(["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", foreign_shapes_file,
                 "--ckpt_path", ckpt, "--trainer.logger", "false"])
     assert "test/ami" in cli.trainer.callback_metrics
 
@@ -109,7 +112,7 @@ def test_test_on_a_malformed_file_fails_with_one_line(trained, tmp_path, capsys)
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not hdf5")
     with pytest.raises(SystemExit) as info:
-        main(["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", str(bad), "--ckpt_path", ckpt])
+        run(["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", str(bad), "--ckpt_path", ckpt])
     assert info.value.code == 2
     assert f"error: {bad}: not a readable HDF5 file" in capsys.readouterr().err
 
@@ -117,8 +120,8 @@ def test_test_on_a_malformed_file_fails_with_one_line(trained, tmp_path, capsys)
 def test_same_seed_gives_the_same_training_metrics(shapes_file, tmp_path):
     """Two fits with the same seed on CPU log identical validation metrics."""
     metrics = []
-    for run in ("a", "b"):
-        cli = main(_fit_args("shapes.yaml", shapes_file, tmp_path / run, "--trainer.max_epochs", "1"))
+    for folder in ("a", "b"):
+        cli = run(_fit_args("shapes.yaml", shapes_file, tmp_path / folder, "--trainer.max_epochs", "1"))
         metrics.append({k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")})
     assert metrics[0] == metrics[1] and "val/ami" in metrics[0]
 
@@ -129,19 +132,19 @@ def test_interrupted_fit_leaves_last_ckpt_that_resumes(how, shapes_file, tmp_pat
     stop = f'{{"class_path": "test_cli.StopAt", "init_args": {{"step": 2, "how": "{how}"}}}}'
     args = _fit_args("shapes.yaml", shapes_file, tmp_path, f"--trainer.callbacks+={stop}")
     with pytest.raises(SystemExit):  # Lightning exits after a graceful shutdown on either signal
-        main(args)
+        run(args)
     last = tmp_path / "shapes" / "version_0" / "checkpoints" / "last.ckpt"
     assert last.is_file()
     import torch
 
     assert torch.load(last, weights_only=False)["global_step"] == 2
-    cli = main(_fit_args("shapes.yaml", shapes_file, tmp_path, "--ckpt_path", str(last)))
+    cli = run(_fit_args("shapes.yaml", shapes_file, tmp_path, "--ckpt_path", str(last)))
     assert cli.trainer.global_step == 8  # 2 epochs x 4 batches, continued rather than restarted
 
 
 def test_n_em_config_trains(shapes_file, tmp_path):
     """configs/shapes_nem.yaml trains N-EM and the learned step size changes."""
-    cli = main(_fit_args("shapes_nem.yaml", shapes_file, tmp_path))
+    cli = run(_fit_args("shapes_nem.yaml", shapes_file, tmp_path))
     assert cli.model.hparams.m_step == "n_em"
     assert float(cli.model.em.cell.step_size) != 1.0
     assert "val/ami" in cli.trainer.callback_metrics
@@ -150,7 +153,62 @@ def test_n_em_config_trains(shapes_file, tmp_path):
 def test_impossible_config_is_one_line(shapes_file, capsys):
     """N-EM with Gaussian pixels is refused naming the options."""
     with pytest.raises(SystemExit) as info:
-        main(["fit", "--config", str(CONFIGS / "shapes.yaml"), "--model.m_step", "n_em",
+        run(["fit", "--config", str(CONFIGS / "shapes.yaml"), "--model.m_step", "n_em",
               "--model.distribution", "gaussian", "--data.path", shapes_file])
     assert info.value.code == 2
     assert "model.m_step=n_em" in capsys.readouterr().err
+
+
+def test_shipped_loggers_run_offline_and_runs_never_collide(shapes_file, tmp_path):
+    """The configs' CSV + W&B loggers work with WANDB_MODE=offline; two runs in one folder keep their own config."""
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    nem = str(Path(sys.executable).with_name("nem"))
+    for _ in range(2):
+        done = subprocess.run(
+            [nem, "fit", "--config", str(CONFIGS / "shapes.yaml"), "--config", str(CONFIGS / "debug.yaml"),
+             "--data.path", shapes_file, "--model.steps", "2", "--trainer.max_epochs", "1",
+             "--trainer.enable_progress_bar", "false"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    for version in ("version_0", "version_1"):
+        saved = yaml.safe_load((tmp_path / "runs" / "shapes" / version / "config.yaml").read_text())
+        assert saved["model"]["steps"] == 2
+    assert len(list((tmp_path / "runs" / "wandb").glob("offline-run-*"))) == 2
+
+
+def test_fit_draws_grouping_figures_in_the_run_directory(trained):
+    """The shipped configs write the overview PNG of validation samples after each validation epoch."""
+    out, _ = trained
+    pictures = sorted(p.name for p in (out / "shapes" / "version_0" / "figures").glob("*.png"))
+    assert "epoch001_sample0.png" in pictures and "epoch000_sample2.png" in pictures
+
+
+def test_predict_writes_one_hdf5_file_with_scores(trained, shapes_file, tmp_path):
+    """`nem predict` writes γ of every step, predictions, masks and per-sample AMI that matches the metric."""
+    import h5py
+    import numpy as np
+    import torch
+
+    from nem_lightning.metrics import adjusted_mutual_info
+
+    _, ckpt = trained
+    output = tmp_path / "out" / "pred.h5"
+    run(["predict", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file, "--ckpt_path", ckpt,
+          "--output", str(output), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"])
+    with h5py.File(output) as f:
+        assert f["gamma"].shape == (48, 3, 4, 28, 28) and f["pred"].shape == (48, 3, 4, 1, 28, 28)
+        assert f["mask"].shape == (48, 3, 28, 28) and f["index"][:].tolist() == list(range(48))
+        gamma, groups, ami = f["gamma"][:, -1], f["groups"][:, -1], f["ami"][:]
+        assert f.attrs["source"] == shapes_file
+    expected, valid = adjusted_mutual_info(torch.from_numpy(gamma), torch.from_numpy(groups))
+    np.testing.assert_allclose(ami[valid.numpy()], expected[valid].numpy(), atol=1e-6)
+    assert not list(output.parent.glob(".*tmp"))
+
+
+def test_test_plots_ami_per_step(trained, shapes_file, tmp_path):
+    """After `nem test` the run's figures folder holds the AMI-per-step plot."""
+    _, ckpt = trained
+    run(["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file, "--ckpt_path", ckpt,
+          *csv_logger(tmp_path, "shapes.yaml"), "--trainer.enable_progress_bar", "false"])
+    assert (tmp_path / "shapes" / "version_0" / "figures" / "test_ami_per_step.png").is_file()

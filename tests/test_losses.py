@@ -79,3 +79,14 @@ def test_upper_bound_uses_the_pixelwise_max_over_components():
     preds = torch.tensor([0.3, 0.9, 0.6]).view(1, 1, 3, 1, 1, 1)  # (B, T, K, C, H, W)
     target = torch.ones(1, 1, 1, 1, 1, 1)
     assert upper_bound_loss(preds, target, "bernoulli", [1.0]).item() == pytest.approx(-math.log(0.9), rel=1e-6)
+
+
+def test_next_frame_loss_weighs_new_predictions_by_the_previous_gamma():
+    """Step t predicts frame t+1 with gamma_{t-1} . psi_t; the loss averages steps 1..T-1."""
+    g0, g1 = _one_pixel([1.0, 0.0]), _one_pixel([0.0, 1.0])
+    p0, p1, p2 = _one_pixel([0.1, 0.1]), _one_pixel([0.8, 0.3]), _one_pixel([0.6, 0.9])
+    targets = torch.ones(1, 3, 1, 1, 1, 1)
+    from nem_lightning.losses import next_frame_loss
+
+    value = next_frame_loss([p0, p1, p2], [g0, g1, g1], targets, "bernoulli")
+    assert value.item() == pytest.approx((-math.log(0.8) - math.log(0.9)) / 2, rel=1e-6)

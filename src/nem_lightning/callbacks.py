@@ -1,13 +1,19 @@
-"""Callbacks of the training run."""
+"""Callbacks of the training run: checkpoint on interrupt, elapsed time, grouping figures."""
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from nem_lightning import figures
+from nem_lightning.metrics import adjusted_mutual_info
 
 
 class CheckpointOnInterrupt(Callback):
@@ -42,4 +48,83 @@ class ElapsedTime(Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._start is not None and not trainer.sanity_checking:
-            pl_module.log("time/minutes", (time.monotonic() - self._start) / 60.0)
+            pl_module.log("time/minutes", (time.monotonic() - self._start) / 60.0, sync_dist=True)
+
+
+class GroupingFigures(Callback):
+    """Draw the paper's overview figure for chosen validation samples, save it and log it.
+
+    Every ``every_n_epochs`` validation epochs, the model is unrolled on the given validation samples and,
+    for each, a PNG with the input, the corrupted input, γ per step (colour-coded by component), each
+    component's prediction and the reconstruction, titled with the sample's AMI, is written to
+    ``<run dir>/figures/`` and sent to every logger that takes images (W&B, TensorBoard). For sequences
+    an animated GIF is written too. After ``nem test`` the AMI per EM step is saved and logged as a plot.
+
+    Args:
+        samples: indices of validation samples to draw.
+        every_n_epochs: draw after every n-th validation epoch.
+        gif: also write an animated GIF for sequence data.
+    """
+
+    def __init__(self, samples: list[int] = [0, 1, 2], every_n_epochs: int = 1, gif: bool = True) -> None:  # noqa: B006
+        self.samples, self.every_n_epochs, self.gif = list(samples), every_n_epochs, gif
+
+    def _folder(self, trainer: pl.Trainer) -> Path:
+        # trainer.log_dir is a collective under DDP: every process must ask, not only rank 0.
+        return Path(trainer.log_dir or trainer.default_root_dir) / "figures"
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.datamodule is None or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        folder = self._folder(trainer)
+        if not trainer.is_global_zero:
+            return
+        dataset = trainer.datamodule.dataset("validation")
+        samples = [i for i in self.samples if 0 <= i < len(dataset)]
+        if not samples:
+            return
+        batch = {k: v.to(pl_module.device) for k, v in dataset.__getitems__(samples)[0].items()}
+        with torch.no_grad():
+            out = pl_module(batch["features"])
+        gammas = out.stacked_gammas().squeeze(3).float().cpu()  # (B, T, K, H, W)
+        preds = out.stacked_preds()[:, :, :, 0].float().cpu()  # (B, T, K, H, W), first channel
+        targets, inputs = out.targets[:, :, 0, 0].float().cpu(), out.inputs[:, :, 0].float().cpu()  # (B, T, H, W)
+        groups = pl_module._scored_groups(batch["groups"]).cpu() if "groups" in batch else None
+        ami = None
+        if groups is not None:
+            ami, valid = adjusted_mutual_info(gammas[:, -1], groups[:, -1])
+            ami = [float(a) if v else None for a, v in zip(ami, valid)]
+        epoch = trainer.current_epoch
+        images = []
+        for j, index in enumerate(samples):
+            picture = figures.grouping_figure(
+                targets[j].numpy(), inputs[j].numpy(), gammas[j].numpy(), preds[j].numpy(),
+                None if groups is None else groups[j].numpy(), None if ami is None else ami[j],
+                title=f"epoch {epoch}, sample {index}",
+            )
+            figures.save_png(picture, folder / f"epoch{epoch:03d}_sample{index}.png")
+            images.append(picture)
+            if self.gif and batch["features"].shape[1] > 1:
+                figures.sequence_gif(targets[j].numpy(), gammas[j].numpy(), preds[j].numpy(),
+                                     folder / f"epoch{epoch:03d}_sample{index}.gif")
+        log_images(trainer, "val/groupings", images, [f"sample {i}" for i in samples])
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on_test_end, not on_test_epoch_end: callbacks' epoch-end hooks run before the module computes scores
+        curve = getattr(pl_module, "test_ami_per_step", None)
+        folder = self._folder(trainer)
+        if curve is None or not trainer.is_global_zero:
+            return
+        picture = figures.ami_per_step_figure([float(v) for v in curve], title="test AMI per EM step")
+        figures.save_png(picture, folder / "test_ami_per_step.png")
+        log_images(trainer, "test/ami_per_step", [picture], ["AMI per step"])
+
+
+def log_images(trainer: pl.Trainer, key: str, images: list, captions: list[str]) -> None:
+    """Send RGB arrays (H, W, 3) to each logger that can show images."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=images, caption=captions, step=trainer.global_step)
+        elif isinstance(logger, TensorBoardLogger):
+            for image, caption in zip(images, captions):
+                logger.experiment.add_image(f"{key}/{caption}", image, trainer.global_step, dataformats="HWC")

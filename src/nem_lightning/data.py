@@ -16,6 +16,7 @@ from typing import Literal, Optional
 import h5py
 import numpy as np
 import pytorch_lightning as pl
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -157,7 +158,8 @@ class GroupingDataModule(pl.LightningDataModule):
     Example: ``nem fit --config configs/shapes.yaml --data.path data/shapes.h5``.
 
     Args:
-        path: HDF5 file in the official layout (the authors' original files work unchanged).
+        path: HDF5 file in the official layout (the authors' original files work unchanged); null means
+            ``data/<generate>.h5``, which lets a sweep vary ``generate`` alone.
         generate: name of a built-in dataset (see ``nem-data --help``) to generate at ``path`` when the
             file does not exist yet; null to require an existing file.
         generate_seed: seed of that generation (the same seed always writes the same file).
@@ -171,7 +173,7 @@ class GroupingDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        path: str = "data/shapes.h5",
+        path: Optional[str] = "data/shapes.h5",
         generate: Optional[str] = None,
         generate_seed: int = 0,
         batch_size: int = 64,
@@ -187,8 +189,10 @@ class GroupingDataModule(pl.LightningDataModule):
         for name, value in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
             if value is not None and value < 1:
                 raise DataError(f"data.{name} must be a positive number of samples or null, got {value}")
+        if path is None and generate is None:
+            raise DataError("data.path is null and data.generate is not set: name a file or a dataset to generate")
         self.save_hyperparameters()
-        self.path = str(path)
+        self.path = str(path) if path is not None else os.path.join("data", f"{generate}.h5")
         self._datasets: dict[str, GroupingDataset] = {}
 
     def prepare_data(self) -> None:
@@ -222,10 +226,19 @@ class GroupingDataModule(pl.LightningDataModule):
             self.dataset(split)
 
     def _loader(self, split: Split, shuffle: bool, require_groups: bool = True) -> DataLoader:
+        dataset = self.dataset(split, require_groups)
+        sampler = None
+        if not shuffle and self.trainer is not None and self.trainer.world_size > 1:
+            # Lightning's default evaluation sampler pads ranks with duplicate samples, which would count
+            # some images twice in the scores: give each rank a disjoint, unpadded share instead.
+            sampler = UnrepeatedDistributedSampler(
+                dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=False
+            )
         return DataLoader(
-            self.dataset(split, require_groups),
+            dataset,
             batch_size=self.hparams.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.hparams.num_workers,
             collate_fn=_collate,
             persistent_workers=self.hparams.num_workers > 0,

@@ -97,3 +97,24 @@ def upper_bound_loss(preds: Tensor, targets: Tensor, distribution: Distribution,
     per_step = intra_loss(best, targets, distribution).sum((0, 2, 3, 4, 5)) / preds.shape[0]  # (T,)
     return (w * per_step).sum()
 
+
+
+def next_frame_loss(preds: Sequence[Tensor], gammas: Sequence[Tensor], targets: Tensor, distribution: Distribution) -> Tensor:
+    """Loss of the next-frame prediction made before the frame is seen, averaged over steps 1..T-1.
+
+    At step t the model predicts frame t + 1 as ``sum_k gamma_{t-1,k} psi_{t,k}``: the responsibilities
+    of the previous E-step weigh the components' new predictions (the current gamma has already seen
+    frame t + 1). With K = 1 this is a plain RNN's prediction. BCE for Bernoulli pixels, 0.5 squared
+    error for Gaussian ones; summed over pixels, averaged over the batch.
+
+    Args:
+        preds: T tensors (B, K, C, H, W); gammas: T tensors (B, K, 1, H, W); targets: (B, T, 1, C, H, W).
+    """
+    B, T = targets.shape[:2]
+    if T < 2:
+        raise ValueError("the next-frame loss needs at least 2 EM steps")
+    total = targets.new_zeros(())
+    for t in range(1, T):
+        mix = (gammas[t - 1] * preds[t]).sum(1)  # (B, C, H, W)
+        total = total + intra_loss(mix, targets[:, t, 0], distribution).sum() / B
+    return total / (T - 1)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from nem_lightning.em import Distribution, EMOutput, NeuralEM, Noise
 from nem_lightning.errors import ConfigError, DataError
-from nem_lightning.losses import StepWeights, outer_loss, step_weights, upper_bound_loss
+from nem_lightning.losses import StepWeights, next_frame_loss, outer_loss, step_weights, upper_bound_loss
 from nem_lightning.metrics import SequenceGroupingMetrics
 from nem_lightning.networks import Architecture, MStep, build_cell
 
@@ -28,7 +28,8 @@ class NEMLightningModule(pl.LightningModule):
         k: number of mixture components K (may differ between training and test).
         steps: number of EM steps T unrolled per sample.
         m_step: ``rnn_em`` (learned recurrent update) or ``n_em`` (one gradient step, tied weights).
-        architecture: encoder/decoder of the M-step (``fc``: pixels straight into the RNN).
+        architecture: encoder/decoder of the M-step: ``fc`` (static shapes: pixels straight into the RNN,
+            fully connected decoder), ``flying_shapes`` or ``flying_mnist`` (the paper's conv networks).
         input_shape: (C, H, W) of one frame; must match the data.
         hidden_size: width of the recurrent state (250 in the paper's static experiments).
         layer_norm: layer norm on the RNN pre-activation, read by the decoder.
@@ -113,6 +114,8 @@ class NEMLightningModule(pl.LightningModule):
         options = dict(on_step=train, on_epoch=not train, batch_size=batch["features"].shape[0], sync_dist=not train)
         self.log(f"{stage}/loss", loss.total.detach(), prog_bar=True, **options)
         logged = {"intra": loss.intra, "inter": loss.inter, "upper_bound": upper}
+        if not train and batch["features"].shape[1] > 1 and hp.steps > 1:  # video: genuine next-frame prediction
+            logged["next_frame_loss"] = next_frame_loss(out.preds, out.gammas, out.targets, hp.distribution)
         self.log_dict({f"{stage}/{name}": value.detach() for name, value in logged.items()}, **options)
         if stage in ("val", "test") and "groups" in batch:
             scores = self.val_scores if stage == "val" else self.test_scores
@@ -125,9 +128,15 @@ class NEMLightningModule(pl.LightningModule):
 
     def _log_scores(self, scores: SequenceGroupingMetrics, stage: Stage) -> None:
         values = scores.compute()
-        self.log(f"{stage}/ami", values["ami"], prog_bar=True)
-        self.log_dict({f"{stage}/{name}": v for name, v in values.items() if v.dim() == 0 and name != "ami"})
+        with scores.sync_context():  # images scored on all processes: each counted once, also under DDP
+            values["images"] = (scores.count[-1] + scores.skipped[-1]).float()
+        # values are already reduced over processes; sync_dist only silences Lightning's DDP warning
+        self.log(f"{stage}/ami", values["ami"], prog_bar=True, sync_dist=True)
+        scalars = {f"{stage}/{name}": v for name, v in values.items() if v.dim() == 0 and name != "ami"}
+        self.log_dict(scalars, sync_dist=True)
         scores.reset()
+        if stage == "test":
+            self.test_ami_per_step = values["ami_per_step"].cpu()  # (T,), drawn by GroupingFigures
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train")
@@ -145,9 +154,12 @@ class NEMLightningModule(pl.LightningModule):
         self._log_scores(self.test_scores, "test")
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Per sample: gamma (B, T, K, H, W) and predictions (B, T, K, C, H, W) of every step."""
+        """Per sample: gamma (B, T, K, H, W), predictions (B, T, K, C, H, W) and, if known, the scored groups."""
         out = self(batch["features"])
-        return {"index": batch["index"], "gammas": out.stacked_gammas().squeeze(3), "preds": out.stacked_preds()}
+        result = {"index": batch["index"], "gammas": out.stacked_gammas().squeeze(3), "preds": out.stacked_preds()}
+        if "groups" in batch:
+            result["groups"] = self._scored_groups(batch["groups"])  # (B, T or 1, H, W)
+        return result
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

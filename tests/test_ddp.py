@@ -1,0 +1,60 @@
+"""Data-parallel runs with 2 CPU processes (gloo), launched the way a user would: the `nem` script."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import csv_logger
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+NEM = str(Path(sys.executable).with_name("nem"))
+
+
+def _run(args, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    result = subprocess.run([NEM, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _last_metrics(folder):
+    rows = list(csv.DictReader(open(next(Path(folder).glob("**/metrics.csv")))))
+    return {k: float(v) for row in rows for k, v in row.items() if v}
+
+
+@pytest.fixture(scope="module")
+def ddp_fit(shapes_file, tmp_path_factory):
+    """A 2-process DDP fit of 2 epochs x 2 batches per process on the tiny shapes file."""
+    out = tmp_path_factory.mktemp("ddp")
+    _run(["fit", "--config", str(CONFIGS / "shapes.yaml"), "--config", str(CONFIGS / "debug.yaml"),
+          "--config", str(CONFIGS / "trainer" / "ddp.yaml"), "--trainer.accelerator", "cpu",
+          "--trainer.limit_train_batches", "2", "--data.path", shapes_file, "--data.batch_size", "8",
+          "--model.steps", "3", *csv_logger(out, "shapes.yaml"),
+          "--trainer.enable_progress_bar", "false"], out)
+    return out
+
+
+def test_ddp_fit_trains_and_checkpoints(ddp_fit):
+    """Two processes train (global step 4 after 2 epochs of 2 batches) and write last.ckpt once."""
+    import torch
+
+    last = next(ddp_fit.glob("shapes/version_0/checkpoints/last.ckpt"))
+    assert torch.load(last, weights_only=False)["global_step"] == 4
+
+
+def test_ddp_test_scores_each_image_once(ddp_fit, shapes_file, tmp_path):
+    """Testing 13 images on 2 processes scores exactly 13 (no padding duplicates), as 1 process does."""
+    last = str(next(ddp_fit.glob("shapes/version_0/checkpoints/last.ckpt")))
+    common = ["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file, "--data.batch_size", "4",
+              "--data.test_size", "13", "--ckpt_path", last, "--trainer.accelerator", "cpu",
+              "--trainer.enable_progress_bar", "false"]
+    _run([*common, "--config", str(CONFIGS / "trainer" / "ddp.yaml"), *csv_logger(tmp_path / "two", "shapes")], tmp_path)
+    _run([*common, *csv_logger(tmp_path / "one", "shapes")], tmp_path)
+    two, one = _last_metrics(tmp_path / "two"), _last_metrics(tmp_path / "one")
+    assert two["test/images"] == one["test/images"] == 13
+    assert 0.0 <= two["test/confidence"] <= 1.0 and abs(two["test/ami"] - one["test/ami"]) < 0.5

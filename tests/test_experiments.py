@@ -1,0 +1,118 @@
+"""Every shipped experiment config trains on tiny generated files; test-time generalisation overrides."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import csv_logger, write_official_layout
+from nem_lightning.cli import run
+from nem_lightning.datasets import generate_dataset
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+EXPERIMENTS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name != "debug.yaml")
+FRAMES = 6  # tiny sequences: 3 EM steps need 4 frames; the rest shows longer files are fine
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    """One tiny file per dataset a shipped config names, generated on demand and cached."""
+    folder, made = tmp_path_factory.mktemp("tiny"), {}
+
+    def get(name: str) -> str:
+        if name not in made:
+            made[name] = str(generate_dataset(name, folder / f"{name}.h5", sizes=(32, 16, 16), frames=FRAMES, progress=False))
+        return made[name]
+
+    return get
+
+
+def _args(subcommand, config, data_path, out, *extra):
+    return [
+        subcommand, "--config", str(CONFIGS / config), "--config", str(CONFIGS / "debug.yaml"),
+        "--data.path", data_path, "--data.batch_size", "8", "--data.num_workers", "0",
+        *csv_logger(out, config), "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", *extra,
+    ]
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS)
+def test_every_shipped_config_trains_a_few_steps(config, tiny_files, tmp_path):
+    """Each config in configs/ fits 2 epochs of 4 batches on its own (tiny) dataset and validates."""
+    settings = yaml.safe_load((CONFIGS / config).read_text())
+    path = tiny_files(settings["data"]["generate"])
+    steps = [] if settings["model"]["steps"] < FRAMES else ["--model.steps", "3"]
+    cli = run(_args("fit", config, path, tmp_path, *steps))
+    metrics = cli.trainer.callback_metrics
+    assert cli.trainer.global_step == 8 and torch.isfinite(metrics["val/loss"])
+    assert "val/ami" in metrics
+    if settings["model"]["score_steps"] == "all":
+        assert "val/next_frame_loss" in metrics
+
+
+@pytest.fixture(scope="module")
+def flying_checkpoint(tiny_files, tmp_path_factory):
+    """A tiny flying-shapes (3 objects, K=3) model and its last checkpoint."""
+    out = tmp_path_factory.mktemp("flying")
+    run(_args("fit", "flying_shapes.yaml", tiny_files("flying_shapes_3"), out, "--model.steps", "3"))
+    return str(next(out.glob("flying_shapes/version_0/checkpoints/last.ckpt")))
+
+
+def test_eval_overrides_change_k_steps_and_data_on_purpose(flying_checkpoint, tiny_files, caplog):
+    """--eval.k/--eval.steps win over the checkpoint's options; a 5-object file and longer sequences score."""
+    args = _args("test", "flying_shapes.yaml", tiny_files("flying_shapes_5"), "unused", "--ckpt_path", flying_checkpoint,
+                 "--trainer.logger", "false", "--eval.k", "5", "--eval.steps", "5")
+    with caplog.at_level("INFO"):
+        cli = run(args)
+    assert (cli.model.hparams.k, cli.model.hparams.steps) == (5, 5)
+    assert "k=5, steps=5" in caplog.text  # the effective values are printed
+    metrics = cli.trainer.callback_metrics
+    assert {"test/ami", "test/next_frame_loss", "test/upper_bound"} <= set(metrics)
+
+
+def test_without_overrides_the_checkpoint_options_hold(flying_checkpoint, tiny_files):
+    """Without --eval.*, K and steps come from the checkpoint even if --model.k says otherwise."""
+    cli = run(_args("test", "flying_shapes.yaml", tiny_files("flying_shapes_3"), "unused", "--ckpt_path", flying_checkpoint,
+                     "--trainer.logger", "false", "--model.k", "7"))
+    assert (cli.model.hparams.k, cli.model.hparams.steps) == (3, 3)
+
+
+def test_too_many_steps_for_the_sequences_is_one_clear_error(flying_checkpoint, tiny_files, capsys):
+    """Asking for more EM steps than the file's frames allow names model.steps and the frame count."""
+    with pytest.raises(SystemExit) as info:
+        run(_args("test", "flying_shapes.yaml", tiny_files("flying_shapes_3"), "unused", "--ckpt_path", flying_checkpoint,
+                   "--trainer.logger", "false", "--eval.steps", "9"))
+    assert info.value.code == 2
+    assert f"sequences have {FRAMES} frames; model.steps=9 needs at least 10" in capsys.readouterr().err
+
+
+def test_sequences_written_by_another_tool_are_read_unchanged(flying_checkpoint, tmp_path):
+    """A (T, N, H, W, 1) file of 7 frames from plain h5py scores with the 3-step model."""
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 4, size=(7, 12, 28, 28, 1))
+    path = write_official_layout(tmp_path / "seq.h5", {"test": ((groups > 0).astype(np.float32), groups)}, dtype=np.float32)
+    cli = run(_args("test", "flying_shapes.yaml", path, "unused", "--ckpt_path", flying_checkpoint, "--trainer.logger", "false"))
+    assert "test/ami" in cli.trainer.callback_metrics
+
+
+def test_weights_from_starts_a_new_stage_from_a_checkpoint(flying_checkpoint, tiny_files, tmp_path):
+    """--weights_from copies the weights only: the new run starts at step 0 with those weights."""
+    state = torch.load(flying_checkpoint, weights_only=True)["state_dict"]
+    cli_args = _args("fit", "flying_shapes.yaml", tiny_files("flying_shapes_3"), tmp_path, "--model.steps", "3",
+                     "--weights_from", flying_checkpoint, "--trainer.max_epochs", "0")
+    cli = run(cli_args)
+    for name, value in cli.model.state_dict().items():
+        torch.testing.assert_close(value, state[name])
+    assert cli.trainer.global_step == 0
+
+
+def test_weights_from_a_different_architecture_is_refused(flying_checkpoint, tiny_files, tmp_path, capsys):
+    """Loading flying-shapes weights into the static fc model fails with one line naming the option."""
+    with pytest.raises(SystemExit) as info:
+        run(["fit", "--config", str(CONFIGS / "shapes.yaml"), "--config", str(CONFIGS / "debug.yaml"),
+              "--data.path", tiny_files("shapes"), "--weights_from", flying_checkpoint,
+              "--trainer.logger", "false"])
+    assert info.value.code == 2
+    assert "--weights_from" in capsys.readouterr().err
