@@ -54,3 +54,9 @@ def csv_logger(save_dir, config):
     name = Path(config).stem
     return ["--trainer.logger", json.dumps({"class_path": "pytorch_lightning.loggers.CSVLogger",
                                             "init_args": {"save_dir": str(save_dir), "name": name}})]
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """Run every test in its own folder, so nothing (runs/, figures/) lands in the working tree."""
+    monkeypatch.chdir(tmp_path)
