@@ -57,7 +57,7 @@ class GroupingFigures(Callback):
     Every ``every_n_epochs`` validation epochs, the model is unrolled on the given validation samples and,
     for each, a PNG with the input, the corrupted input, γ per step (colour-coded by component), each
     component's prediction and the reconstruction, titled with the sample's AMI, is written to
-    ``<run dir>/figures/`` and sent to every logger that takes images (W&B, TensorBoard). For sequences
+    ``<run dir>/figures/`` (runs without a logger draw nothing) and sent to every logger that takes images (W&B, TensorBoard). For sequences
     an animated GIF is written too. After ``nem test`` the AMI per EM step is saved and logged as a plot.
 
     Args:
@@ -74,7 +74,9 @@ class GroupingFigures(Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / "figures"
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.datamodule is None or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if not trainer.loggers or trainer.sanity_checking or trainer.datamodule is None:
+            return  # without a logger there is no run directory to draw into
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         folder = self._folder(trainer)
         if not trainer.is_global_zero:
@@ -112,8 +114,10 @@ class GroupingFigures(Callback):
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # on_test_end, not on_test_epoch_end: callbacks' epoch-end hooks run before the module computes scores
         curve = getattr(pl_module, "test_ami_per_step", None)
+        if curve is None or not trainer.loggers:
+            return
         folder = self._folder(trainer)
-        if curve is None or not trainer.is_global_zero:
+        if not trainer.is_global_zero:
             return
         picture = figures.ami_per_step_figure([float(v) for v in curve], title="test AMI per EM step")
         figures.save_png(picture, folder / "test_ami_per_step.png")
