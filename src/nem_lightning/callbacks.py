@@ -132,3 +132,14 @@ def log_images(trainer: pl.Trainer, key: str, images: list, captions: list[str])
         elif isinstance(logger, TensorBoardLogger):
             for image, caption in zip(images, captions):
                 logger.experiment.add_image(f"{key}/{caption}", image, trainer.global_step, dataformats="HWC")
+
+
+class EpochLog(Callback):
+    """One plain line per training epoch (for logs and pipes, where a live progress bar is noise)."""
+
+    KEYS = ("train/loss", "val/loss", "val/ami", "val/ari", "val/confidence", "time/minutes")
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        parts = [f"{key} {float(metrics[key]):.4g}" for key in self.KEYS if key in metrics]
+        pl.utilities.rank_zero_info(f"epoch {trainer.current_epoch} | step {trainer.global_step} | " + " | ".join(parts))

@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
+from pytorch_lightning import Trainer
+from pytorch_lightning.callbacks import ProgressBar, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_info
 
+from nem_lightning.callbacks import EpochLog
 from nem_lightning.data import GroupingDataModule
 from nem_lightning.errors import ConfigError, NEMError
 from nem_lightning.module import NEMLightningModule
@@ -73,9 +76,9 @@ class NEMCLI(LightningCLI):
                     config[f"model.{name}"] = value
 
     def before_instantiate_classes(self) -> None:
-        # The resolved config is saved with each training run (in its own log directory); scoring runs
-        # would otherwise write config.yaml into the working directory and collide on the second run.
-        if self.subcommand != "fit":
+        # The resolved config is saved with each training run in its own log directory. Scoring runs, and
+        # runs without a logger, would write config.yaml into the working directory and collide next time.
+        if self.subcommand != "fit" or self.config.fit.trainer.logger is False:
             self.save_config_callback = None
         # Lightning would score random weights and exit 0 without a checkpoint (and `--ckpt_path last`
         # in a fresh process only warns): refuse instead.
@@ -98,6 +101,19 @@ class NEMCLI(LightningCLI):
                 f"nem {self.subcommand}: {self.config[self.subcommand].ckpt_path} on {self.datamodule.path} with "
                 f"k={hp.k}, steps={hp.steps}, score_steps={hp.score_steps}, noise={hp.noise} p={hp.noise_prob}"
             )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # Rich progress bar in a terminal; one plain line per epoch when the output is a file or a pipe.
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = list(config.get("callbacks") or [])
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            if sys.stdout.isatty():
+                callbacks.append(RichProgressBar())
+            else:
+                kwargs["enable_progress_bar"] = False
+                callbacks.append(EpochLog())
+            kwargs["callbacks"] = callbacks
+        return super().instantiate_trainer(**kwargs)
 
     def _finish_wandb(self) -> None:
         # Several runs in one process would share one W&B run until it is finished.
