@@ -49,7 +49,11 @@ def trained(shapes_file, tmp_path_factory):
     run(_fit_args("shapes.yaml", shapes_file, out))
     names = [p.name for p in _checkpoints(out, "shapes")]
     assert "last.ckpt" in names and any(n.startswith("best-") for n in names)
-    return out, str(next(p for p in _checkpoints(out, "shapes") if p.name == "last.ckpt"))
+    last = next(p for p in _checkpoints(out, "shapes") if p.name == "last.ckpt")
+    import torch
+
+    assert torch.load(last, weights_only=False)["epoch"] == 1  # the final epoch, improved or not
+    return out, str(last)
 
 
 def test_help_lists_the_four_subcommands(capsys):
