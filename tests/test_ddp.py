@@ -58,3 +58,29 @@ def test_ddp_test_scores_each_image_once(ddp_fit, shapes_file, tmp_path):
     two, one = _last_metrics(tmp_path / "two"), _last_metrics(tmp_path / "one")
     assert two["test/images"] == one["test/images"] == 13
     assert 0.0 <= two["test/confidence"] <= 1.0 and abs(two["test/ami"] - one["test/ami"]) < 0.5
+
+
+def test_two_nodes_under_torchrun(shapes_file, tmp_path):
+    """Two torchrun 'nodes' on this machine (1 process each, --trainer.num_nodes 2) train and checkpoint."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    args = ["fit", "--config", str(CONFIGS / "shapes.yaml"), "--config", str(CONFIGS / "debug.yaml"),
+            "--data.path", shapes_file, "--data.batch_size", "8", "--model.steps", "2",
+            "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "1",
+            "--trainer.num_nodes", "2", *csv_logger(tmp_path, "shapes.yaml"), "--trainer.enable_progress_bar", "false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    nodes = [
+        subprocess.Popen([torchrun, "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(rank),
+                          "--master-addr", "127.0.0.1", "--master-port", port, NEM, *args],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         stdin=subprocess.DEVNULL)
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), outputs[0][-2000:] + outputs[1][-2000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in "".join(outputs)
+    assert (tmp_path / "shapes" / "version_0" / "checkpoints" / "last.ckpt").is_file()
