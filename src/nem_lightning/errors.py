@@ -11,3 +11,7 @@ class DataError(NEMError):
 
 class ConfigError(NEMError):
     """An impossible or inconsistent configuration; the message names the option."""
+
+
+class TrainingError(NEMError):
+    """Training or evaluation produced unusable numbers (e.g. a NaN loss); the message says what to try."""

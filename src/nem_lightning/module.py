@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from nem_lightning.em import Distribution, EMOutput, NeuralEM, Noise
-from nem_lightning.errors import ConfigError, DataError
+from nem_lightning.errors import ConfigError, DataError, TrainingError
 from nem_lightning.losses import StepWeights, next_frame_loss, outer_loss, step_weights, upper_bound_loss
 from nem_lightning.metrics import SequenceGroupingMetrics
 from nem_lightning.networks import Architecture, MStep, build_cell
@@ -107,7 +107,7 @@ class NEMLightningModule(pl.LightningModule):
         hp = self.hparams
         loss = outer_loss(out.preds, out.gammas, out.targets, hp.distribution, self.weights, hp.w_inter, hp.gradient_gamma)
         if not torch.isfinite(loss.total):
-            raise FloatingPointError(f"{stage} loss became {loss.total.item()}; lower model.lr or check the data")
+            raise TrainingError(f"the {stage} loss became {loss.total.item()}; lower model.lr or check the data")
         train = stage == "train"
         with torch.no_grad():
             upper = upper_bound_loss(out.stacked_preds(), out.targets, hp.distribution, self.weights)
