@@ -154,7 +154,7 @@ def wandb_never_blocks() -> None:
     API key (``WANDB_API_KEY`` or the ~/.netrc entry ``wandb login`` writes), runs log offline into their
     save_dir; upload them later with ``wandb sync``.
     """
-    if "WANDB_MODE" in os.environ or os.environ.get("WANDB_API_KEY"):
+    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):  # an empty WANDB_MODE counts as unset
         return
     netrc = Path.home() / ".netrc"
     if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
