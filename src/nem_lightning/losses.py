@@ -86,16 +86,23 @@ def outer_loss(
     return OuterLoss(intra + w_inter * inter, intra, inter)
 
 
-def upper_bound_loss(preds: Tensor, targets: Tensor, distribution: Distribution, weights: Sequence[float]) -> Tensor:
+def upper_bound_loss(
+    preds: Sequence[Tensor], targets: Tensor, distribution: Distribution, weights: Sequence[float]
+) -> Tensor:
     """Reconstruction loss of the pixelwise max over components (ignores the E-step), step-weighted.
 
+    Only steps with non-zero weight are computed, like :func:`outer_loss`, so the training step does
+    not stack every step's predictions just to log this.
+
     Args:
-        preds: (B, T, K, C, H, W); targets: (B, T, 1, C, H, W).
+        preds: T tensors (B, K, C, H, W); targets: (B, T, 1, C, H, W).
     """
-    w = preds.new_tensor(list(weights))  # (T,)
-    best = preds.max(2, keepdim=True).values  # (B, T, 1, C, H, W)
-    per_step = intra_loss(best, targets, distribution).sum((0, 2, 3, 4, 5)) / preds.shape[0]  # (T,)
-    return (w * per_step).sum()
+    total = targets.new_zeros(())
+    for t, w in enumerate(weights):
+        if w != 0.0:
+            best = preds[t].max(1, keepdim=True).values  # (B, 1, C, H, W)
+            total = total + w * intra_loss(best, targets[:, t], distribution).sum() / targets.shape[0]
+    return total
 
 
 

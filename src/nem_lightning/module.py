@@ -110,7 +110,7 @@ class NEMLightningModule(pl.LightningModule):
             raise TrainingError(f"the {stage} loss became {loss.total.item()}; lower model.lr or check the data")
         train = stage == "train"
         with torch.no_grad():
-            upper = upper_bound_loss(out.stacked_preds(), out.targets, hp.distribution, self.weights)
+            upper = upper_bound_loss(out.preds, out.targets, hp.distribution, self.weights)
         options = dict(on_step=train, on_epoch=not train, batch_size=batch["features"].shape[0], sync_dist=not train)
         self.log(f"{stage}/loss", loss.total.detach(), prog_bar=True, **options)
         logged = {"intra": loss.intra, "inter": loss.inter, "upper_bound": upper}
