@@ -216,3 +216,29 @@ def test_test_plots_ami_per_step(trained, shapes_file, tmp_path):
     run(["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file, "--ckpt_path", ckpt,
           *csv_logger(tmp_path, "shapes.yaml"), "--trainer.enable_progress_bar", "false"])
     assert (tmp_path / "shapes" / "version_0" / "figures" / "test_ami_per_step.png").is_file()
+
+
+def test_fit_with_compile_trains_through_the_compiled_unroll(shapes_file, tmp_path):
+    """`--model.compile true` (the shapes configs' setting) fits end to end through torch.compile."""
+    import torch
+
+    torch._dynamo.reset()
+    cli = run(_fit_args("shapes.yaml", shapes_file, tmp_path, "--model.compile", "true", "--trainer.max_epochs", "1"))
+    assert cli.model._compiled is not None and cli.trainer.global_step == 4
+    assert torch.isfinite(cli.trainer.callback_metrics["val/loss"])
+
+
+class CountBatches(Callback):
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_end(self, *args) -> None:
+        self.batches += 1
+
+
+def test_a_single_callback_replaces_the_configured_list(shapes_file, tmp_path):
+    """`--trainer.callbacks` given one callback (not a list) is accepted, as Lightning's Trainer accepts it."""
+    one = '{"class_path": "test_cli.CountBatches"}'
+    cli = run(_fit_args("shapes.yaml", shapes_file, tmp_path, "--trainer.callbacks", one, "--trainer.max_epochs", "1"))
+    counters = [c for c in cli.trainer.callbacks if isinstance(c, CountBatches)]
+    assert len(counters) == 1 and counters[0].batches == 4

@@ -169,16 +169,3 @@ def test_first_step_delta_is_gamma_times_input():
     torch.manual_seed(1)
     gamma = init_gamma(1, 2, (4, 4), frames)
     torch.testing.assert_close(seen[0], gamma.reshape(2, 1, 4, 4))
-
-
-def test_non_finite_loss_stops_with_a_training_error():
-    """A NaN loss raises TrainingError (one line from the CLI), not a silent NaN run."""
-    from nem_lightning.errors import TrainingError
-    from nem_lightning.module import NEMLightningModule
-
-    model = NEMLightningModule(k=2, steps=2, input_shape=(1, 4, 4), hidden_size=8)
-    with torch.no_grad():
-        model.em.cell.input_weights.weight.fill_(float("nan"))
-    batch = {"features": torch.zeros(2, 1, 1, 4, 4)}
-    with pytest.raises(TrainingError, match="the train loss became nan"):
-        model._shared_step(batch, "train")

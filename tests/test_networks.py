@@ -188,3 +188,31 @@ def test_invalid_configurations_raise_config_error_naming_the_option(args, names
         build_cell(*args, 100, True, True)
     for name in names:
         assert name in str(err.value)
+
+
+@pytest.mark.parametrize("m_step, architecture", [("rnn_em", "fc"), ("n_em", "fc"), ("rnn_em", "flying_shapes")])
+def test_bernoulli_predictions_stay_float32_under_bf16_autocast(m_step, architecture):
+    """Under bf16 autocast a confident pixel (logit 8) stays below 1 and keeps a loss gradient.
+
+    A bf16 sigmoid would round sigmoid(8) = 0.99966 to exactly 1, where the clipped BCE is flat.
+    """
+    from nem_lightning.losses import intra_loss
+
+    shape = (1, 28, 28) if architecture != "fc" else (1, 4, 4)
+    cell = build_cell(m_step, architecture, shape, 8, False, True)
+    with torch.no_grad():  # every output logit is exactly 8
+        if m_step == "n_em":
+            cell.weight.fill_(2.0)  # sigmoid(0) = 0.5 per unit, 8 units: 0.5 * 2 * 8 = 8
+        else:
+            last = [m for m in cell.decoder.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+            last.weight.zero_()
+            last.bias.fill_(8.0)
+    delta = torch.zeros(2, *shape)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        psi, _ = cell(delta, cell.init_state(2, delta))
+        loss = intra_loss(psi, torch.ones_like(psi), "bernoulli").sum()
+    assert psi.dtype == torch.float32
+    torch.testing.assert_close(psi, torch.full_like(psi, torch.sigmoid(torch.tensor(8.0)).item()))
+    params = [cell.weight] if m_step == "n_em" else [last.bias]
+    (grad,) = torch.autograd.grad(loss, params)
+    assert grad.abs().sum() > 0

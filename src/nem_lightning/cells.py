@@ -85,7 +85,8 @@ class NEMCell(nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """psi = sigmoid(sigmoid(z) @ W^T), reshaped to (n, C, H, W)."""
-        return torch.sigmoid(torch.sigmoid(z) @ self.weight.t()).view(-1, *self.input_shape)
+        logits = torch.sigmoid(z) @ self.weight.t()
+        return torch.sigmoid(logits.float()).view(-1, *self.input_shape)  # float32 even under autocast
 
     def forward(self, delta: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
         s = torch.sigmoid(z)

@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional
 
 import torch
 from pytorch_lightning import Trainer
-from pytorch_lightning.callbacks import ProgressBar, RichProgressBar
+from pytorch_lightning.callbacks import Callback, ProgressBar, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_info
 
@@ -105,7 +105,8 @@ class NEMCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Rich progress bar in a terminal; one plain line per epoch when the output is a file or a pipe.
         config = self._get(self.config_init, "trainer", default={})
-        callbacks = list(config.get("callbacks") or [])
+        callbacks = config.get("callbacks") or []
+        callbacks = [callbacks] if isinstance(callbacks, Callback) else list(callbacks)  # one or a list
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             if sys.stdout.isatty():
                 callbacks.append(RichProgressBar())

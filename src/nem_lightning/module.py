@@ -14,7 +14,7 @@ from torch import Tensor
 
 from nem_lightning.em import Distribution, EMOutput, NeuralEM, Noise
 from nem_lightning.errors import ConfigError, DataError, TrainingError
-from nem_lightning.losses import StepWeights, next_frame_loss, outer_loss, step_weights, upper_bound_loss
+from nem_lightning.losses import OuterLoss, StepWeights, next_frame_loss, outer_loss, step_weights, upper_bound_loss
 from nem_lightning.metrics import SequenceGroupingMetrics
 from nem_lightning.networks import Architecture, MStep, build_cell
 
@@ -42,6 +42,9 @@ class NEMLightningModule(pl.LightningModule):
         gradient_gamma: let gradients flow through gamma (static data); false stops them (video).
         score_steps: which steps the reported ``ami``/``ari`` average: ``last`` (static) or ``all`` (video).
         lr: Adam learning rate.
+        compile: run the training unroll and its loss through ``torch.compile`` (fuses the many small per-pixel
+            operations; about 1.2-1.4x faster per step on CPU, after a one-off compile of about a minute per
+            batch shape). Validation, test and predict stay eager. Needs a working C++ compiler on CPU.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class NEMLightningModule(pl.LightningModule):
         gradient_gamma: bool = True,
         score_steps: Literal["last", "all"] = "last",
         lr: float = 1e-3,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if k < 1 or steps < 1:
@@ -78,6 +82,7 @@ class NEMLightningModule(pl.LightningModule):
         self.em = NeuralEM(cell, distribution, noise, noise_prob, e_sigma, gradient_gamma)
         self.val_scores = SequenceGroupingMetrics(steps, score_steps)
         self.test_scores = SequenceGroupingMetrics(steps, score_steps)
+        self._compiled = None  # built on first use: a plain function, so the state dict is unchanged
 
     @staticmethod
     def _step_weights(weights: StepWeights, steps: int) -> list[float]:
@@ -91,6 +96,28 @@ class NEMLightningModule(pl.LightningModule):
         self._check_frames(features)
         return self.em(features, self.hparams.k, self.hparams.steps)
 
+    def _unroll_and_loss(self, features: Tensor) -> tuple[EMOutput, OuterLoss, Tensor]:
+        """The unroll, its outer loss and the (gradient-free) upper-bound loss."""
+        hp = self.hparams
+        out = self.em(features, hp.k, hp.steps)
+        loss = outer_loss(out.preds, out.gammas, out.targets, hp.distribution, self.weights, hp.w_inter, hp.gradient_gamma)
+        with torch.no_grad():
+            upper = upper_bound_loss(out.preds, out.targets, hp.distribution, self.weights)
+        return out, loss, upper
+
+    def _compiled_unroll_and_loss(self, features: Tensor) -> tuple[EMOutput, OuterLoss, Tensor]:
+        if self._compiled is None:
+            # static shapes: one graph per batch size (the full batches and the epoch's last one)
+            self._compiled = torch.compile(self._unroll_and_loss, dynamic=False)
+        try:
+            return self._compiled(features)
+        except torch._dynamo.exc.BackendCompilerFailed as err:
+            reason = str(err.inner_exception).strip().splitlines()
+            raise ConfigError(
+                f"model.compile: torch.compile could not build the unroll ({reason[0] if reason else type(err).__name__}); "
+                "set --model.compile false"
+            ) from None
+
     def _check_frames(self, features: Tensor) -> None:
         shape, frames = tuple(features.shape[2:]), features.shape[1]
         if shape != tuple(self.hparams.input_shape):
@@ -103,14 +130,14 @@ class NEMLightningModule(pl.LightningModule):
             )
 
     def _shared_step(self, batch: dict[str, Tensor], stage: Stage) -> Tensor:
-        out = self(batch["features"])
-        hp = self.hparams
-        loss = outer_loss(out.preds, out.gammas, out.targets, hp.distribution, self.weights, hp.w_inter, hp.gradient_gamma)
+        hp, train = self.hparams, stage == "train"
+        self._check_frames(batch["features"])
+        if train and hp.compile:
+            out, loss, upper = self._compiled_unroll_and_loss(batch["features"])
+        else:
+            out, loss, upper = self._unroll_and_loss(batch["features"])
         if not torch.isfinite(loss.total):
             raise TrainingError(f"the {stage} loss became {loss.total.item()}; lower model.lr or check the data")
-        train = stage == "train"
-        with torch.no_grad():
-            upper = upper_bound_loss(out.preds, out.targets, hp.distribution, self.weights)
         options = dict(on_step=train, on_epoch=not train, batch_size=batch["features"].shape[0], sync_dist=not train)
         self.log(f"{stage}/loss", loss.total.detach(), prog_bar=True, **options)
         logged = {"intra": loss.intra, "inter": loss.inter, "upper_bound": upper}

@@ -108,6 +108,17 @@ class Unflatten(nn.Module):
         return x.view(-1, *self.shape)
 
 
+class OutputSigmoid(nn.Module):
+    """Sigmoid of the decoder output, always in float32.
+
+    Under bf16 autocast a bf16 sigmoid rounds every probability above 1 - 2^-9 to exactly 1, where the
+    clipped Bernoulli losses have no gradient; float32 keeps confident pixels learnable.
+    """
+
+    def forward(self, x):
+        return torch.sigmoid(x.float())
+
+
 def fc_decoder(hidden_size: int, input_shape: tuple[int, int, int], sigmoid_output: bool) -> nn.Module:
     """Static shapes decoder: one fully connected layer to every pixel."""
     linear = nn.Linear(hidden_size, math.prod(input_shape))
@@ -115,7 +126,7 @@ def fc_decoder(hidden_size: int, input_shape: tuple[int, int, int], sigmoid_outp
     nn.init.zeros_(linear.bias)
     layers: list[nn.Module] = [linear]
     if sigmoid_output:
-        layers.append(nn.Sigmoid())
+        layers.append(OutputSigmoid())
     layers.append(Unflatten(input_shape))
     return nn.Sequential(*layers)
 
@@ -148,7 +159,7 @@ def conv_decoder(
             layers += [ChannelLayerNorm(out), nn.ReLU()]
         c = out
     if sigmoid_output:
-        layers.append(nn.Sigmoid())
+        layers.append(OutputSigmoid())
     return nn.Sequential(*layers)
 
 

@@ -1,0 +1,72 @@
+"""The LightningModule's training step: NaN losses stop the run; the compiled unroll matches eager."""
+
+import pytest
+import torch
+
+from nem_lightning.errors import ConfigError, TrainingError
+from nem_lightning.module import NEMLightningModule
+
+
+def _model(**options) -> NEMLightningModule:
+    torch.manual_seed(0)
+    return NEMLightningModule(k=2, steps=3, input_shape=(1, 6, 6), hidden_size=8, **options)
+
+
+def test_compiled_unroll_and_loss_match_eager_values_and_gradients(monkeypatch):
+    """model.compile gives the same loss, predictions and gradients as eager (same random draws)."""
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)  # compiled code draws eager's numbers
+    torch._dynamo.reset()
+    model = _model(compile=True)
+    frames = (torch.rand(4, 1, 1, 6, 6) < 0.3).float()
+    results = []
+    for run in (model._unroll_and_loss, model._compiled_unroll_and_loss):
+        torch.manual_seed(1)
+        out, loss, upper = run(frames)
+        model.zero_grad()
+        loss.total.backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        results.append((loss.total.detach(), upper, out.stacked_gammas(), grads))
+    assert model._compiled is not None
+    (eager_loss, eager_upper, eager_gammas, eager_grads), (loss, upper, gammas, grads) = results
+    torch.testing.assert_close(loss, eager_loss)
+    torch.testing.assert_close(upper, eager_upper)
+    torch.testing.assert_close(gammas, eager_gammas)
+    for got, expected in zip(grads, eager_grads):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_a_failed_compile_is_one_readable_error(monkeypatch):
+    """Without a working compiler the run stops with a ConfigError naming model.compile."""
+
+    def broken(*args, **kwargs):
+        def compiled(*a, **k):
+            failure = RuntimeError("no C++ compiler found\nlong details")
+            raise torch._dynamo.exc.BackendCompilerFailed(lambda: None, failure, None)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model = _model(compile=True)
+    batch = {"features": torch.zeros(2, 1, 1, 6, 6)}
+    with pytest.raises(ConfigError, match=r"model.compile: .*\(no C\+\+ compiler found\); set --model.compile false"):
+        model._shared_step(batch, "train")
+
+
+def test_evaluation_stays_eager(monkeypatch):
+    """Validation never goes through torch.compile (its batch sizes and grad mode would recompile)."""
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("compiled during evaluation"))
+    model = _model(compile=True)
+    model.eval()
+    with torch.no_grad():
+        model._shared_step({"features": torch.zeros(2, 1, 1, 6, 6)}, "val")
+    assert model._compiled is None
+
+
+def test_non_finite_loss_stops_with_a_training_error():
+    """A NaN loss raises TrainingError (one line from the CLI), not a silent NaN run."""
+    model = NEMLightningModule(k=2, steps=2, input_shape=(1, 4, 4), hidden_size=8)
+    with torch.no_grad():
+        model.em.cell.input_weights.weight.fill_(float("nan"))
+    batch = {"features": torch.zeros(2, 1, 1, 4, 4)}
+    with pytest.raises(TrainingError, match="the train loss became nan"):
+        model._shared_step(batch, "train")
