@@ -112,10 +112,10 @@ class NEMLightningModule(pl.LightningModule):
         try:
             return self._compiled(features)
         except torch._dynamo.exc.BackendCompilerFailed as err:
-            reason = str(err.inner_exception).strip().splitlines()
+            lines = str(err.inner_exception).strip().splitlines()
+            reason = lines[0] if lines else type(err.inner_exception).__name__
             raise ConfigError(
-                f"model.compile: torch.compile could not build the unroll ({reason[0] if reason else type(err).__name__}); "
-                "set --model.compile false"
+                f"model.compile: torch.compile could not build the unroll ({reason}); set --model.compile false"
             ) from None
 
     def _check_frames(self, features: Tensor) -> None:
