@@ -43,8 +43,8 @@ class NEMLightningModule(pl.LightningModule):
         score_steps: which steps the reported ``ami``/``ari`` average: ``last`` (static) or ``all`` (video).
         lr: Adam learning rate.
         compile: run the training unroll and its loss through ``torch.compile`` (fuses the many small per-pixel
-            operations; about 1.2-1.4x faster per step on CPU, after a one-off compile of about a minute per
-            batch shape). Validation, test and predict stay eager. Needs a working C++ compiler on CPU.
+            operations; usually 1.3-1.5x faster per step on CPU, see benchmarks/RESULTS.md; one-off compile of
+            about a minute per batch shape). Validation, test and predict stay eager. Needs a working C++ compiler on CPU.
     """
 
     def __init__(
