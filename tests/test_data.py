@@ -142,3 +142,18 @@ def test_bad_options_name_the_option():
         GroupingDataModule(batch_size=0)
     with pytest.raises(DataError, match="data.train_size"):
         GroupingDataModule(train_size=0)
+
+
+def test_a_file_from_an_older_generator_is_refused_by_name(tmp_path, shapes_file):
+    """A data.generate file written by another generator version is named, not silently trained on."""
+    import shutil
+
+    old = tmp_path / "old.h5"
+    shutil.copy(shapes_file, old)
+    with h5py.File(old, "a") as f:
+        f.attrs["generator_version"] = 1
+    dm = GroupingDataModule(path=str(old), generate="shapes")
+    with pytest.raises(DataError, match=r"old.h5 holds shapes from generator version 1, .*delete the file"):
+        dm.prepare_data()
+    GroupingDataModule(path=str(old), generate=None).prepare_data()  # kept on purpose: accepted
+    GroupingDataModule(path=shapes_file, generate="shapes").prepare_data()  # current version: accepted

@@ -344,6 +344,7 @@ def test_ddp_matches_single_process_on_uneven_split(tmp_path):
             torch.testing.assert_close(synced[key], value, rtol=0, atol=1e-12, msg=key)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_update_is_sync_free_and_matches_cpu():
     """On CUDA, update with num_labels makes no host synchronisation and matches the CPU values."""

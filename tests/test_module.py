@@ -70,3 +70,10 @@ def test_non_finite_loss_stops_with_a_training_error():
     batch = {"features": torch.zeros(2, 1, 1, 4, 4)}
     with pytest.raises(TrainingError, match="the train loss became nan"):
         model._shared_step(batch, "train")
+
+
+def test_layer_norm_epsilon_is_a_checked_model_option():
+    """model.layer_norm_eps defaults to the original's 1e-12 and must lie in (0, 1)."""
+    assert _model().hparams.layer_norm_eps == 1e-12
+    with pytest.raises(ConfigError, match=r"model.layer_norm_eps must lie in \(0, 1\), got 0.0"):
+        _model(layer_norm_eps=0.0)

@@ -216,3 +216,14 @@ def test_bernoulli_predictions_stay_float32_under_bf16_autocast(m_step, architec
     params = [cell.weight] if m_step == "n_em" else [last.bias]
     (grad,) = torch.autograd.grad(loss, params)
     assert grad.abs().sum() > 0
+
+
+def test_layer_norm_epsilon_reaches_every_norm_and_keeps_tiny_inputs_visible():
+    """model.layer_norm_eps sets every layer norm; TF's 1e-12 rescales a 1e-5-scale input to unit variance, 1e-5 flattens it."""
+    for eps in (1e-12, 1e-5):
+        cell = build_cell("rnn_em", "flying_shapes", (1, 28, 28), 16, True, True, eps)
+        norms = [m for m in cell.modules() if isinstance(m, (ChannelLayerNorm, nn.LayerNorm))]
+        assert len(norms) == 7 and all(m.eps == eps for m in norms)  # 3 encoder, 3 decoder, 1 cell
+    tiny = torch.randn(2, 4, 5, 5) * 1e-5  # like the masked input of a component whose gamma is tiny
+    assert ChannelLayerNorm(4, eps=1e-12)(tiny).std().item() == pytest.approx(1.0, rel=0.05)
+    assert ChannelLayerNorm(4, eps=1e-5)(tiny).std().item() < 1e-2

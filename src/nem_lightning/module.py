@@ -33,6 +33,9 @@ class NEMLightningModule(pl.LightningModule):
         input_shape: (C, H, W) of one frame; must match the data.
         hidden_size: width of the recurrent state (250 in the paper's static experiments).
         layer_norm: layer norm on the RNN pre-activation, read by the decoder.
+        layer_norm_eps: variance epsilon of every layer norm (conv layers and the RNN). The original's TF
+            layer norm used 1e-12, so a component whose masked input is tiny still sees its pattern at
+            unit scale; torch's usual 1e-5 would flatten it.
         distribution: pixel likelihood: ``bernoulli`` (binary data) or ``gaussian`` (grey data).
         noise: input corruption: ``bitflip``, ``masked_uniform`` or ``none``.
         noise_prob: probability of the noise per pixel (0.1 for static shapes, 0.2 elsewhere).
@@ -45,6 +48,8 @@ class NEMLightningModule(pl.LightningModule):
         compile: run the training unroll and its loss through ``torch.compile`` (fuses the many small per-pixel
             operations; usually 1.3-1.5x faster per step on CPU, see benchmarks/RESULTS.md; one-off compile of
             about a minute per batch shape). Validation, test and predict stay eager. Needs a working C++ compiler on CPU.
+        compile_mode: ``torch.compile`` mode when ``compile`` is on: ``default``, ``reduce-overhead`` (CUDA
+            graphs, which remove the per-kernel launch cost that dominates on a GPU) or ``max-autotune``.
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class NEMLightningModule(pl.LightningModule):
         input_shape: tuple[int, int, int] = (1, 28, 28),
         hidden_size: int = 250,
         layer_norm: bool = False,
+        layer_norm_eps: float = 1e-12,
         distribution: Distribution = "bernoulli",
         noise: Noise = "bitflip",
         noise_prob: float = 0.1,
@@ -66,6 +72,7 @@ class NEMLightningModule(pl.LightningModule):
         score_steps: Literal["last", "all"] = "last",
         lr: float = 1e-3,
         compile: bool = False,
+        compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default",
     ) -> None:
         super().__init__()
         if k < 1 or steps < 1:
@@ -76,9 +83,13 @@ class NEMLightningModule(pl.LightningModule):
             raise ConfigError("model.m_step=n_em implements the Bernoulli gradient step; set model.distribution=bernoulli")
         if lr <= 0 or e_sigma <= 0:
             raise ConfigError(f"model.lr and model.e_sigma must be positive, got lr={lr}, e_sigma={e_sigma}")
+        if not 0.0 < layer_norm_eps < 1.0:
+            raise ConfigError(f"model.layer_norm_eps must lie in (0, 1), got {layer_norm_eps}")
         self.save_hyperparameters()
         self.weights = self._step_weights(step_weights, steps)
-        cell = build_cell(m_step, architecture, tuple(input_shape), hidden_size, layer_norm, distribution == "bernoulli")
+        cell = build_cell(
+            m_step, architecture, tuple(input_shape), hidden_size, layer_norm, distribution == "bernoulli", layer_norm_eps
+        )
         self.em = NeuralEM(cell, distribution, noise, noise_prob, e_sigma, gradient_gamma)
         self.val_scores = SequenceGroupingMetrics(steps, score_steps)
         self.test_scores = SequenceGroupingMetrics(steps, score_steps)
@@ -108,7 +119,9 @@ class NEMLightningModule(pl.LightningModule):
     def _compiled_unroll_and_loss(self, features: Tensor) -> tuple[EMOutput, OuterLoss, Tensor]:
         if self._compiled is None:
             # static shapes: one graph per batch size (the full batches and the epoch's last one)
-            self._compiled = torch.compile(self._unroll_and_loss, dynamic=False)
+            self._compiled = torch.compile(self._unroll_and_loss, dynamic=False, mode=self.hparams.compile_mode)
+        if self.hparams.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous update's graph outputs are no longer read
         try:
             return self._compiled(features)
         except torch._dynamo.exc.BackendCompilerFailed as err:

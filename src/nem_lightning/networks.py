@@ -31,7 +31,7 @@ Architecture = Literal["fc", "flying_shapes", "flying_mnist"]
 
 CONV_INPUT_SHAPES = {"flying_shapes": (1, 28, 28), "flying_mnist": (1, 24, 24)}  # (C, H, W) each was built for
 ENCODED_SIZE = 512  # width of the last encoder layer and of the first decoder layer
-LAYER_NORM_EPS = 1e-5  # torch's default, as in the cell's layer norm (TF's contrib layer_norm used 1e-12)
+LAYER_NORM_EPS = 1e-12  # variance epsilon of TF's contrib layer_norm, which the original used (torch's default is 1e-5)
 STANDARDIZE_EPS = 1e-6  # keeps the input standardisation finite on an all-zero (constant) input
 
 
@@ -131,32 +131,38 @@ def fc_decoder(hidden_size: int, input_shape: tuple[int, int, int], sigmoid_outp
     return nn.Sequential(*layers)
 
 
-def conv_encoder(input_shape: tuple[int, int, int], channels: tuple[int, ...], standardize: bool) -> nn.Sequential:
+def conv_encoder(
+    input_shape: tuple[int, int, int], channels: tuple[int, ...], standardize: bool, eps: float = LAYER_NORM_EPS
+) -> nn.Sequential:
     """[conv k4 s2, LN, ELU] per entry of ``channels``, then [fc 512, LN, ELU]: (n, C, H, W) -> (n, 512)."""
     c, h, w = input_shape
     layers: list[nn.Module] = [Standardize()] if standardize else []
     for out in channels:
-        layers += [SamePadConv(c, out, 4, stride=2), ChannelLayerNorm(out), nn.ELU()]
+        layers += [SamePadConv(c, out, 4, stride=2), ChannelLayerNorm(out, eps), nn.ELU()]
         c, h, w = out, math.ceil(h / 2), math.ceil(w / 2)  # SAME padding halves, rounding up
-    layers += [nn.Flatten(), glorot_(nn.Linear(c * h * w, ENCODED_SIZE)), ChannelLayerNorm(ENCODED_SIZE), nn.ELU()]
+    layers += [nn.Flatten(), glorot_(nn.Linear(c * h * w, ENCODED_SIZE)), ChannelLayerNorm(ENCODED_SIZE, eps), nn.ELU()]
     return nn.Sequential(*layers)
 
 
 def conv_decoder(
-    hidden_size: int, start_shape: tuple[int, int, int], channels: tuple[int, ...], sigmoid_output: bool
+    hidden_size: int,
+    start_shape: tuple[int, int, int],
+    channels: tuple[int, ...],
+    sigmoid_output: bool,
+    eps: float = LAYER_NORM_EPS,
 ) -> nn.Sequential:
     """fc 512 -> fc to ``start_shape`` -> [2x nearest upsample, conv k4 s1] per entry of ``channels``.
 
     LN + ReLU after every layer but the last, which is sigmoid (``sigmoid_output``) or linear.
     """
     c, h, w = start_shape
-    layers: list[nn.Module] = [glorot_(nn.Linear(hidden_size, ENCODED_SIZE)), ChannelLayerNorm(ENCODED_SIZE), nn.ReLU()]
-    layers += [glorot_(nn.Linear(ENCODED_SIZE, c * h * w)), ChannelLayerNorm(c * h * w), nn.ReLU()]
+    layers: list[nn.Module] = [glorot_(nn.Linear(hidden_size, ENCODED_SIZE)), ChannelLayerNorm(ENCODED_SIZE, eps), nn.ReLU()]
+    layers += [glorot_(nn.Linear(ENCODED_SIZE, c * h * w)), ChannelLayerNorm(c * h * w, eps), nn.ReLU()]
     layers.append(Unflatten(start_shape))  # (n, C, H, W)
     for i, out in enumerate(channels):
         layers += [nn.Upsample(scale_factor=2, mode="nearest"), SamePadConv(c, out, 4, stride=1)]
         if i < len(channels) - 1:
-            layers += [ChannelLayerNorm(out), nn.ReLU()]
+            layers += [ChannelLayerNorm(out, eps), nn.ReLU()]
         c = out
     if sigmoid_output:
         layers.append(OutputSigmoid())
@@ -179,6 +185,7 @@ def build_cell(
     hidden_size: int,
     layer_norm: bool,
     sigmoid_output: bool,
+    layer_norm_eps: float = LAYER_NORM_EPS,
 ) -> nn.Module:
     """Build the M-step cell for one of the paper's architectures.
 
@@ -191,6 +198,7 @@ def build_cell(
         hidden_size: width of the recurrent state (paper: 250 static, 100 flying shapes, 250 flying MNIST).
         layer_norm: layer norm on the RNN pre-activation (RNN-EM only).
         sigmoid_output: sigmoid on the decoder output (Bernoulli pixels); linear for Gaussian.
+        layer_norm_eps: variance epsilon of every layer norm (the conv layers' and the cell's).
     """
     input_shape = tuple(int(n) for n in input_shape)
     if architecture not in get_args(Architecture):
@@ -212,16 +220,17 @@ def build_cell(
             hidden_size,
             fc_decoder(hidden_size, input_shape, sigmoid_output),
             layer_norm,
+            layer_norm_eps,
         )
     _check_input_shape(architecture, input_shape)
     if architecture == "flying_shapes":
         # (B*K, 1, 28, 28) -> (B*K, 32, 14, 14) -> (B*K, 64, 7, 7) -> (B*K, 512)
-        encoder = conv_encoder(input_shape, (32, 64), standardize=False)
+        encoder = conv_encoder(input_shape, (32, 64), standardize=False, eps=layer_norm_eps)
         # (B*K, hidden) -> (B*K, 512) -> (B*K, 64, 7, 7) -> (B*K, 32, 14, 14) -> (B*K, 1, 28, 28)
-        decoder = conv_decoder(hidden_size, (64, 7, 7), (32, 1), sigmoid_output)
+        decoder = conv_decoder(hidden_size, (64, 7, 7), (32, 1), sigmoid_output, layer_norm_eps)
     else:
         # (B*K, 1, 24, 24) -> (B*K, 32, 12, 12) -> (B*K, 64, 6, 6) -> (B*K, 128, 3, 3) -> (B*K, 512)
-        encoder = conv_encoder(input_shape, (32, 64, 128), standardize=True)
+        encoder = conv_encoder(input_shape, (32, 64, 128), standardize=True, eps=layer_norm_eps)
         # (B*K, hidden) -> (B*K, 512) -> (B*K, 128, 3, 3) -> (B*K, 64, 6, 6) -> (B*K, 32, 12, 12) -> (B*K, 1, 24, 24)
-        decoder = conv_decoder(hidden_size, (128, 3, 3), (64, 32, 1), sigmoid_output)
-    return RNNEMCell(encoder, ENCODED_SIZE, hidden_size, decoder, layer_norm)
+        decoder = conv_decoder(hidden_size, (128, 3, 3), (64, 32, 1), sigmoid_output, layer_norm_eps)
+    return RNNEMCell(encoder, ENCODED_SIZE, hidden_size, decoder, layer_norm, layer_norm_eps)

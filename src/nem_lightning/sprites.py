@@ -11,10 +11,26 @@ from __future__ import annotations
 
 import numpy as np
 
-# Every integer velocity (dy, dx) with components in [-3, 3] except standing still: (48, 2).
+# Every integer velocity (dy, dx) with components in [-3, 3] except standing still: (48, 2). Flying
+# MNIST draws from these; flying shapes use `velocity_table`.
 VELOCITIES = np.array(
     [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4) if (dy, dx) != (0, 0)], dtype=np.int64
 )
+
+
+def velocity_table(max_speed: int) -> np.ndarray:
+    """Every integer velocity (dy, dx) with components in [-max_speed, max_speed], standing still included.
+
+    ``max_speed=1`` gives the 9 velocities of the original flying-shapes data, whose illustration shows
+    every object moving -1, 0 or +1 pixel per axis per frame (one of them not at all).
+
+    Returns:
+        ((2 * max_speed + 1) ** 2, 2) int64.
+    """
+    if isinstance(max_speed, bool) or not isinstance(max_speed, (int, np.integer)) or max_speed < 0:
+        raise ValueError(f"max_speed must be a non-negative integer, got {max_speed!r}")
+    speeds = range(-int(max_speed), int(max_speed) + 1)
+    return np.array([(dy, dx) for dy in speeds for dx in speeds], dtype=np.int64)
 
 
 def bouncing_positions(start: np.ndarray, velocity: np.ndarray, frames: int, limit: np.ndarray | int) -> np.ndarray:
@@ -41,8 +57,10 @@ def bouncing_positions(start: np.ndarray, velocity: np.ndarray, frames: int, lim
     return np.where(unfolded <= limit, unfolded, period - unfolded)
 
 
-def sample_motion(rng: np.random.Generator, count: int, limits: np.ndarray, frames: int) -> np.ndarray:
-    """Uniform start positions and velocities from `VELOCITIES`, then bouncing trajectories.
+def sample_motion(
+    rng: np.random.Generator, count: int, limits: np.ndarray, frames: int, velocities: np.ndarray = VELOCITIES
+) -> np.ndarray:
+    """Uniform start positions and velocities from ``velocities``, then bouncing trajectories.
 
     With frames == 1 no velocities are drawn (static images), so static data spends the random
     stream on positions only.
@@ -50,22 +68,24 @@ def sample_motion(rng: np.random.Generator, count: int, limits: np.ndarray, fram
     Args:
         rng: random generator, consumed in a fixed order (rows, columns, velocities).
         count: number of samples N.
-        limits: (n, 2) largest top-left (row, col) per object, i.e. canvas size minus sprite size.
+        limits: (n, 2) or (N, n, 2) largest top-left (row, col) per object, i.e. canvas size minus
+            sprite size; (N, n, 2) when the sprites differ between samples.
         frames: number of frames T.
+        velocities: (V, 2) integer (dy, dx) to draw from uniformly.
 
     Returns:
         (T, N, n, 2) int64 top-left (row, col) of each object in each frame.
     """
-    n = limits.shape[0]
-    rows = rng.integers(0, limits[:, 0] + 1, size=(count, n))  # (N, n), inclusive of the limit
-    cols = rng.integers(0, limits[:, 1] + 1, size=(count, n))  # (N, n)
+    n = limits.shape[-2]
+    rows = rng.integers(0, limits[..., 0] + 1, size=(count, n))  # (N, n), inclusive of the limit
+    cols = rng.integers(0, limits[..., 1] + 1, size=(count, n))  # (N, n)
     if frames == 1:
         return np.stack([rows, cols], axis=-1)[None]  # (1, N, n, 2)
-    velocity = VELOCITIES[rng.integers(0, len(VELOCITIES), size=(count, n))]  # (N, n, 2)
+    velocity = velocities[rng.integers(0, len(velocities), size=(count, n))]  # (N, n, 2)
     return np.stack(
         [
-            bouncing_positions(rows, velocity[..., 0], frames, limits[:, 0]),
-            bouncing_positions(cols, velocity[..., 1], frames, limits[:, 1]),
+            bouncing_positions(rows, velocity[..., 0], frames, limits[..., 0]),
+            bouncing_positions(cols, velocity[..., 1], frames, limits[..., 1]),
         ],
         axis=-1,
     )  # (T, N, n, 2)
@@ -85,29 +105,39 @@ def _corner_index(positions: np.ndarray, size: int) -> np.ndarray:
     return image + positions[..., 0] * size + positions[..., 1]
 
 
-def render_binary(sprites: list[np.ndarray], positions: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+def render_binary(
+    sprites: list[np.ndarray], positions: np.ndarray, size: int, kinds: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Paste binary sprites (union) and label each pixel with the one object covering it.
 
     Args:
-        sprites: n boolean masks, sprite k of shape (h_k, w_k).
+        sprites: boolean masks, sprite s of shape (h_s, w_s).
         positions: (M, n, 2) integer top-left (row, col); each sprite must lie fully inside the canvas
             (flat indexing would otherwise wrap into the next row silently).
         size: canvas side length S.
+        kinds: (M, n) index into ``sprites`` of each object in each image; None means object k is
+            ``sprites[k]`` in every image.
 
     Returns:
         features: (M, S, S) float32 in {0, 1}.
         groups: (M, S, S) float32 in {0..n}; 0 where no object or two or more objects cover the pixel.
     """
-    m = positions.shape[0]
+    m, n = positions.shape[:2]
+    if kinds is None:
+        kinds = np.broadcast_to(np.arange(n), (m, n))
     cover = np.zeros(m * size * size, dtype=np.uint8)  # number of objects on each pixel
     label = np.zeros(m * size * size, dtype=np.uint8)  # sum of their ids: the id itself where cover == 1
     corner = _corner_index(positions, size)  # (M, n)
-    for k, sprite in enumerate(sprites):
-        dy, dx = np.nonzero(sprite)
-        flat = corner[:, k, None] + (dy * size + dx)  # (M, P_k)
-        # One sprite never hits the same pixel twice, so buffered fancy-index += is exact here.
-        cover[flat] += 1
-        label[flat] += k + 1
+    for k in range(n):
+        for s, sprite in enumerate(sprites):
+            images = np.flatnonzero(kinds[:, k] == s)
+            if images.size == 0:
+                continue
+            dy, dx = np.nonzero(sprite)
+            flat = corner[images, k, None] + (dy * size + dx)  # (M_s, P_s)
+            # One sprite never hits the same pixel twice, so buffered fancy-index += is exact here.
+            cover[flat] += 1
+            label[flat] += k + 1
     features = (cover > 0).astype(np.float32).reshape(m, size, size)
     groups = np.multiply(label, cover == 1, dtype=np.float32).reshape(m, size, size)
     return features, groups
