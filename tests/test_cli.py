@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from pytorch_lightning.callbacks import Callback
 
@@ -108,6 +109,16 @@ def test_test_reads_a_file_from_another_tool(trained, foreign_shapes_file):
     cli = run(["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", foreign_shapes_file,
                 "--ckpt_path", ckpt, "--trainer.logger", "false"])
     assert "test/ami" in cli.trainer.callback_metrics
+    assert cli.model.test_scores.num_labels is None  # no `objects` attribute: the bound is read per batch
+
+
+def test_generated_files_give_the_metrics_a_static_label_bound(trained, shapes_file):
+    """Our files record their objects, so scoring knows labels lie in 0..3 and needs no per-batch sync."""
+    _, ckpt = trained
+    cli = run(["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file,
+               "--ckpt_path", ckpt, "--trainer.logger", "false"])
+    assert cli.model.test_scores.num_labels == 4 and cli.model.val_scores.num_labels == 4
+    assert torch.isfinite(cli.trainer.callback_metrics["test/ami"])
 
 
 def test_test_on_a_malformed_file_fails_with_one_line(trained, tmp_path, capsys):

@@ -269,6 +269,21 @@ def test_sequence_metric_per_step_and_weighting():
         assert metric.skipped.tolist() == [0, 0, 1, 0]
 
 
+def test_a_loose_label_bound_scores_like_the_exact_one():
+    """num_labels only bounds the labels: 4, 16 and None (read from the data) give the same scores."""
+    g = torch.Generator().manual_seed(3)
+    gamma = torch.rand(5, 3, 3, 7, 7, generator=g)
+    groups = torch.randint(0, 4, (5, 3, 7, 7), generator=g)
+    results = []
+    for bound in (4, 16, None):
+        metric = SequenceGroupingMetrics(num_steps=3, step_weights="all", num_labels=bound)
+        metric.update(gamma, groups)
+        results.append(metric.compute())
+    for other in results[1:]:
+        for name in ("ami", "ari", "confidence"):
+            torch.testing.assert_close(other[f"{name}_per_step"], results[0][f"{name}_per_step"], rtol=0, atol=1e-12)
+
+
 def test_sequence_static_groups_broadcast_over_steps():
     """Groups with one step (static data) are scored against every step, same as repeating them."""
     g = torch.Generator().manual_seed(1)

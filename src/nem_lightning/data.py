@@ -210,6 +210,20 @@ class GroupingDataModule(pl.LightningDataModule):
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         generate_dataset(self.hparams.generate, self.path, seed=self.hparams.generate_seed)
 
+    @property
+    def num_labels(self) -> int | None:
+        """Bound on the group labels (objects + 1) from a generated file's ``objects`` attribute; None if unknown.
+
+        Scoring with a known bound makes no host synchronisation per batch; files written by other tools
+        carry no such attribute and are scored with the bound read from each batch.
+        """
+        try:
+            with h5py.File(self.path, "r") as f:
+                objects = f.attrs.get("objects")
+        except OSError:
+            return None
+        return None if objects is None else int(objects) + 1
+
     def _check_generation(self) -> None:
         """Refuse a file that an older generator wrote for ``data.generate``: its data differ from today's."""
         from nem_lightning.datasets import GENERATOR_VERSION

@@ -95,6 +95,13 @@ class NEMLightningModule(pl.LightningModule):
         self.test_scores = SequenceGroupingMetrics(steps, score_steps)
         self._compiled = None  # built on first use: a plain function, so the state dict is unchanged
 
+    def setup(self, stage: str) -> None:
+        # A known label bound lets the metrics score without a host synchronisation per batch.
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        labels = getattr(datamodule, "num_labels", None)
+        for scores in (self.val_scores, self.test_scores):
+            scores.num_labels = labels
+
     @staticmethod
     def _step_weights(weights: StepWeights, steps: int) -> list[float]:
         try:
