@@ -116,17 +116,6 @@ def curve(rows: list[dict[str, str]]) -> list[dict[str, float]]:
     return points
 
 
-def weights_only(checkpoint: Path, target: Path) -> None:
-    """A checkpoint with the weights, hyperparameters and versions but no optimizer or loop state."""
-    import torch
-
-    full = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    keep = {k: full[k] for k in ("state_dict", "hyper_parameters", "pytorch-lightning_version", "epoch", "global_step")
-            if k in full}
-    keep["loops"] = None
-    torch.save(keep, target)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("gpu_results"), help="folder for the results")
@@ -220,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
                       "--data.path", str(data / "flying_shapes_3_speed1.h5"), "--data.generate", "null",
                       "--trainer.logger", "false"], test_log, timeout=600, env=env)
         log(f"test flagship: exit {status}")
-        weights_only(best, out / "flying_shapes_flagship.ckpt")
+        export = "import sys; from nem_lightning.cli import save_weights_only; save_weights_only(*sys.argv[1:])"
+        run([python, "-c", export, str(best), str(out / "flying_shapes_flagship.ckpt")], out / "export.log", 120, env)
         summary += [f"flagship best checkpoint {best.name}; `nem test` exit {status}:", "", "```",
                     *[line for line in test_log.read_text().splitlines() if "test/" in line], "```", ""]
 
