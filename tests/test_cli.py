@@ -6,12 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from pytorch_lightning.callbacks import Callback
 
 from conftest import csv_logger
+from nem_lightning.module import NEMLightningModule
 from nem_lightning.cli import run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -146,8 +148,9 @@ def test_interrupted_fit_leaves_last_ckpt_that_resumes(how, shapes_file, tmp_pat
     """Ctrl-C or SIGTERM mid-epoch writes last.ckpt; --ckpt_path last.ckpt resumes to the end."""
     stop = f'{{"class_path": "test_cli.StopAt", "init_args": {{"step": 2, "how": "{how}"}}}}'
     args = _fit_args("shapes.yaml", shapes_file, tmp_path, f"--trainer.callbacks+={stop}")
-    with pytest.raises(SystemExit):  # Lightning exits after a graceful shutdown on either signal
+    with pytest.raises(SystemExit) as info:  # a graceful shutdown on either signal, never status 0
         run(args)
+    assert info.value.code == (1 if how == "keyboard" else 143)
     last = tmp_path / "shapes" / "version_0" / "checkpoints" / "last.ckpt"
     assert last.is_file()
     import torch
@@ -253,3 +256,88 @@ def test_a_single_callback_replaces_the_configured_list(shapes_file, tmp_path):
     cli = run(_fit_args("shapes.yaml", shapes_file, tmp_path, "--trainer.callbacks", one, "--trainer.max_epochs", "1"))
     counters = [c for c in cli.trainer.callbacks if isinstance(c, CountBatches)]
     assert len(counters) == 1 and counters[0].batches == 4
+
+
+def _fails_with(capsys, args, code=2):
+    with pytest.raises(SystemExit) as info:
+        run(args)
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("wandb:")]
+    assert info.value.code == code and len(lines) == 1 and "Traceback" not in lines[0], lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "test"])
+def test_damaged_or_foreign_checkpoints_are_one_line(subcommand, trained, shapes_file, tmp_path, capsys):
+    """A truncated checkpoint, a text file and a pickle without weights are each refused with the file's name."""
+    _, ckpt = trained
+    data = Path(ckpt).read_bytes()
+    (tmp_path / "trunc.ckpt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.ckpt").write_text("hello")
+    torch.save({"weights": 1}, tmp_path / "other.ckpt")
+    base = [subcommand, "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file, "--trainer.logger", "false"]
+    for name, expected in [("trunc", "is not a readable checkpoint"), ("text", "is not a readable checkpoint"),
+                           ("other", "is not a Lightning checkpoint")]:
+        err = _fails_with(capsys, [*base, "--ckpt_path", str(tmp_path / f"{name}.ckpt")])
+        assert f"{name}.ckpt" in err and expected in err
+
+
+def test_checkpoint_of_another_architecture_is_refused_listing_the_differences(trained, shapes_file, capsys):
+    """The flying-shapes config with a static fc checkpoint names architecture and hidden size, and stops."""
+    _, ckpt = trained
+    err = _fails_with(capsys, ["test", "--config", str(CONFIGS / "flying_shapes.yaml"), "--ckpt_path", ckpt,
+                               "--data.path", shapes_file])
+    assert "architecture: config flying_shapes, checkpoint fc" in err and "hidden_size: config 100, checkpoint 250" in err
+
+
+def test_other_k_in_the_config_warns_and_points_at_eval_k(trained, shapes_file):
+    """A config K other than the checkpoint's is not applied silently: the warning names --eval.k."""
+    _, ckpt = trained
+    with pytest.warns(UserWarning, match=r"trained with model.k=4 .* pass --eval.k 3"):
+        cli = run(["test", "--config", str(CONFIGS / "shapes.yaml"), "--model.k", "3", "--ckpt_path", ckpt,
+                   "--data.path", shapes_file, "--trainer.logger", "false"])
+    assert cli.model.hparams.k == 4
+
+
+def test_eval_options_and_hidden_size_are_checked_by_their_own_names(trained, shapes_file, capsys):
+    _, ckpt = trained
+    err = _fails_with(capsys, ["test", "--config", str(CONFIGS / "shapes.yaml"), "--ckpt_path", ckpt,
+                               "--data.path", shapes_file, "--eval.k", "0"])
+    assert err == "error: --eval.k must be at least 1, got 0"
+    err = _fails_with(capsys, ["fit", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file,
+                               "--model.hidden_size", "0"])
+    assert "model.hidden_size must be at least 1, got 0" in err
+
+
+def test_predict_into_an_unwritable_place_fails_before_any_compute(trained, shapes_file, tmp_path, capsys, monkeypatch):
+    """An output under a file, or in a folder that refuses writes, is refused before the first prediction."""
+    _, ckpt = trained
+    monkeypatch.setattr(NEMLightningModule, "predict_step", lambda *a: pytest.fail("predicted before refusing"))
+    (tmp_path / "file").write_text("x")
+    args = ["predict", "--config", str(CONFIGS / "shapes.yaml"), "--ckpt_path", ckpt, "--data.path", shapes_file]
+    err = _fails_with(capsys, [*args, "--output", str(tmp_path / "file" / "sub" / "p.h5")])
+    assert err.startswith("error: --output") and "is a file, not a folder" in err
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("nem_lightning.cli.tempfile.TemporaryFile", refuse)  # as a read-only folder would
+    err = _fails_with(capsys, [*args, "--output", str(tmp_path / "p.h5")])
+    assert "is not writable (Permission denied)" in err
+
+
+def test_a_directory_as_data_path_is_named_as_such(tmp_path, capsys):
+    err = _fails_with(capsys, ["fit", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", str(tmp_path)])
+    assert "is a directory; expected an HDF5 file" in err
+
+
+def test_data_errors_inside_loader_workers_are_one_line(tmp_path, capsys):
+    """NaN found by a DataLoader worker is reported as the one-line DataError, without the worker's traceback."""
+    from conftest import random_static, write_official_layout
+
+    bad_features, groups = random_static(32, 5)
+    bad_features[0, 3, 0, 0, 0] = float("nan")
+    path = write_official_layout(tmp_path / "nan.h5", {"training": random_static(32, 1), "validation": (bad_features, groups),
+                                                       "test": random_static(8, 2)}, dtype=np.float32)
+    err = _fails_with(capsys, _fit_args("shapes.yaml", path, tmp_path, "--data.num_workers", "1",
+                                        "--data.in_memory", "false"))
+    assert "validation/features has NaN" in err and "nan.h5" in err

@@ -348,3 +348,30 @@ def test_cli_help_and_argument_errors(capsys: pytest.CaptureFixture[str]) -> Non
         with pytest.raises(SystemExit) as info:
             main(bad)
         assert info.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_nem_data_refuses_a_directory_before_generating(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(datasets, "generate_dataset", lambda *a, **k: pytest.fail("generated before refusing"))
+    with pytest.raises(SystemExit) as info:
+        main(["flying-shapes", "--force", "--out", str(tmp_path)])
+    assert info.value.code == 2 and "is a directory" in capsys.readouterr().err
+
+
+def test_sigterm_during_generation_leaves_no_file(tmp_path):
+    """A terminated nem-data exits 143 and leaves neither the output nor a hidden temporary file."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "big.h5"
+    proc = subprocess.Popen([sys.executable, "-m", "nem_lightning.datasets", "flying-shapes", "--train", "200000",
+                             "--no-progress", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".big.h5.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".big.h5.*.tmp")), "generation never started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated; nothing written" in err
+    assert list(tmp_path.iterdir()) == []

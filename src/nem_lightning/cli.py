@@ -10,8 +10,10 @@ the project's own errors into one readable line.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -19,7 +21,8 @@ import torch
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import Callback, ProgressBar, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from nem_lightning.callbacks import EpochLog
 from nem_lightning.data import GroupingDataModule
@@ -29,6 +32,9 @@ from nem_lightning.prediction import HDF5PredictionWriter
 
 NEEDS_CHECKPOINT = ("validate", "test", "predict")
 EVAL_OVERRIDES = ("k", "steps", "score_steps")
+# Model options that change the network: a checkpoint trained with other values cannot be scored under this config.
+ARCHITECTURE_OPTIONS = ("architecture", "m_step", "input_shape", "hidden_size", "distribution", "layer_norm")
+SIGTERM_EXIT = 143  # 128 + SIGTERM, what a scheduler expects from a process stopped by SIGTERM
 
 
 class NEMCLI(LightningCLI):
@@ -67,13 +73,31 @@ class NEMCLI(LightningCLI):
         return parser
 
     def _parse_ckpt_path(self) -> None:
+        # Lightning replaces the config's model options by the checkpoint's (Lightning-AI/pytorch-lightning#21455).
+        # Read the checkpoint first, so a damaged file and a conflicting architecture each give one line.
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        asked = {}
+        if ckpt and Path(ckpt).is_file():
+            trained = checkpoint_hparams(ckpt)
+            asked = {name: self.config[subcommand].model.get(name) for name in (*ARCHITECTURE_OPTIONS, "k", "steps")}
+            check_architecture(ckpt, asked, trained)
         super()._parse_ckpt_path()
-        if self.config.get("subcommand") in NEEDS_CHECKPOINT:
-            config = self.config[self.config.subcommand]
+        if subcommand in NEEDS_CHECKPOINT:
+            config = self.config[subcommand]
             for name in EVAL_OVERRIDES:
                 value = config.get(f"eval.{name}")
+                if isinstance(value, int) and value < 1:
+                    raise NEMError(f"--eval.{name} must be at least 1, got {value}")
                 if value is not None:
                     config[f"model.{name}"] = value
+            for name in ("k", "steps"):
+                used = config.model.get(name)
+                if asked.get(name) not in (None, _default(name), used):
+                    rank_zero_warn(
+                        f"the checkpoint was trained with model.{name}={used} and is evaluated so; the config's "
+                        f"{name}={asked[name]} is ignored: pass --eval.{name} {asked[name]} to evaluate with it"
+                    )
 
     def before_instantiate_classes(self) -> None:
         # The resolved config is saved with each training run in its own log directory. Scoring runs, and
@@ -94,6 +118,7 @@ class NEMCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         if self.subcommand == "predict":
             output = self.config.predict.output
+            check_writable(output)
             self.trainer.callbacks.append(HDF5PredictionWriter(output, source=self.datamodule.path))
         if self.subcommand in NEEDS_CHECKPOINT:
             hp = self.model.hparams
@@ -129,6 +154,57 @@ class NEMCLI(LightningCLI):
         if source and not self.config.fit.get("ckpt_path"):
             load_weights(self.model, source)
             rank_zero_info(f"nem fit: initialised weights from {source}")
+
+
+def _default(name: str) -> Any:
+    return inspect.signature(NEMLightningModule).parameters[name].default
+
+
+def checkpoint_hparams(path: str) -> dict[str, Any]:
+    """The model options stored in a checkpoint; NEMError naming the file if it is not a readable checkpoint."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - truncated, not a zip, not a pickle: all the same to the user
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise NEMError(f"--ckpt_path {path!r} is not a readable checkpoint ({reason[:200]})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise NEMError(f"--ckpt_path {path!r} is not a Lightning checkpoint (it holds no state_dict)")
+    return dict(ckpt.get("hyper_parameters") or {})
+
+
+def check_architecture(path: str, asked: dict[str, Any], trained: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose network differs from one the config asks for (options left at defaults ask nothing)."""
+
+    def norm(value: Any) -> Any:
+        return [int(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    conflicts = [
+        f"{name}: config {norm(asked[name])}, checkpoint {norm(trained[name])}"
+        for name in ARCHITECTURE_OPTIONS
+        if name in trained and asked.get(name) is not None
+        and norm(asked[name]) != norm(_default(name)) and norm(asked[name]) != norm(trained[name])
+    ]
+    if conflicts:
+        raise NEMError(
+            f"--ckpt_path {path!r} holds another network than the config asks for ({'; '.join(conflicts)}); "
+            f"use the config it was trained with"
+        )
+
+
+def check_writable(output: str) -> None:
+    """Refuse, before any compute, an output file that cannot be written (missing folders are created later)."""
+    if Path(output).is_dir():
+        raise ConfigError(f"--output {output!r} is a directory; name an .h5 file")
+    folder = Path(output).resolve().parent
+    while not folder.exists():  # the nearest folder that exists is where the new ones will be made
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"--output {output!r}: {str(folder)!r} is a file, not a folder")
+    try:  # a real write: permission bits alone say nothing for root or a read-only file system
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--output {output!r}: folder {str(folder)!r} is not writable ({err.strerror})") from None
 
 
 def load_weights(model: NEMLightningModule, path: str) -> None:
@@ -180,14 +256,27 @@ def wandb_never_blocks() -> None:
     os.environ["WANDB_MODE"] = "offline"
 
 
+def one_line(err: BaseException) -> str:
+    """The message of an error, without the worker traceback a DataLoader worker wraps around it."""
+    text = str(err)
+    if "Original Traceback" in text:  # re-raised from a DataLoader worker: the original message ends the text
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def run(args: list[str] | None = None) -> NEMCLI:
     """Run ``nem`` with these arguments and return the CLI (trainer, model, data), for use in code."""
     wandb_never_blocks()
     try:
         return NEMCLI(NEMLightningModule, GroupingDataModule, args=args)
     except NEMError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
+    except SIGTERMException:
+        # Lightning stops on SIGTERM with SystemExit() (status 0): a scheduler would record a finished run.
+        print("nem: stopped by SIGTERM (last.ckpt was written for `nem fit`; resume with --ckpt_path)", file=sys.stderr)
+        sys.exit(SIGTERM_EXIT)
 
 
 def main() -> None:

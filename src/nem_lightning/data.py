@@ -48,6 +48,8 @@ def inspect_split(path: str, split: str, require_groups: bool = True) -> dict:
     Raises:
         DataError: naming the file and what was expected.
     """
+    if os.path.isdir(path):
+        raise DataError(f"data file {path!r} is a directory; expected an HDF5 file in the official layout")
     if not os.path.isfile(path):
         raise DataError(f"data file {path!r} does not exist")
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -337,6 +338,12 @@ def _dataset_name(args: argparse.Namespace) -> str:
     return f"flying_mnist_{args.digits}{suffix}"
 
 
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM: unwind like Ctrl-C, so the partial temporary file is removed, then exit with status 143."""
+    print("nem-data: terminated; nothing written", file=sys.stderr)
+    raise SystemExit(143)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `nem-data`; errors print one line to stderr and exit with code 2."""
     parser = _parser()
@@ -345,7 +352,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--variations applies to 2 digits only (the medium datasets have 2 digits)")
     name = _dataset_name(args)
     out: Path = args.out or Path("data") / f"{name}.h5"
+    signal.signal(signal.SIGTERM, _terminated)  # clean up the temporary file as on Ctrl-C
     try:
+        if out.is_dir():
+            raise DataError(f"{out} is a directory; name the .h5 file to write")
         if out.exists() and not args.force:
             raise DataError(f"{out} already exists; pass --force to replace it")
         generate_dataset(

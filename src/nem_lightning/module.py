@@ -77,6 +77,8 @@ class NEMLightningModule(pl.LightningModule):
         super().__init__()
         if k < 1 or steps < 1:
             raise ConfigError(f"model.k and model.steps must be at least 1, got k={k}, steps={steps}")
+        if hidden_size < 1:
+            raise ConfigError(f"model.hidden_size must be at least 1, got {hidden_size}")
         if not 0.0 <= noise_prob <= 1.0:
             raise ConfigError(f"model.noise_prob must lie in [0, 1], got {noise_prob}")
         if m_step == "n_em" and distribution != "bernoulli":
