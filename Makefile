@@ -21,6 +21,8 @@ train: install
 	$(BIN)/nem fit --config configs/shapes.yaml
 
 test: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: install

@@ -32,8 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     bf16 = config.get("trainer", {}).get("precision") == "bf16-mixed"
     model = NEMLightningModule(**{**config["model"], "compile": False})
     model.setup("fit")  # no trainer: scores read their label bound from each batch
-    print(f"{args.config}: batch {data.hparams.batch_size}, {data.hparams.num_workers} workers, "
-          f"in_memory={data.hparams.in_memory}, {'bf16' if bf16 else 'float32'}, {torch.get_num_threads()} threads")
+    print(
+        f"{args.config}: batch {data.hparams.batch_size}, {data.hparams.num_workers} workers, "
+        f"in_memory={data.hparams.in_memory}, {'bf16' if bf16 else 'float32'}, {torch.get_num_threads()} threads"
+    )
 
     loader = iter(data.train_dataloader())
     next(loader)  # workers start
@@ -65,8 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     epoch = len(data.train_dataloader()) * step
     sequences = len(data.dataset("validation"))
     print(f"  loader: {load * 1000:.1f} ms/batch ({load / step:.1%} of a {step * 1000:.0f} ms training step)")
-    print(f"  validation of {sequences} sequences: {validate:.1f} s ({validate / epoch:.2%} of a {epoch / 60:.1f}-minute "
-          f"epoch of training steps); val AMI of these random weights {scores['ami'].item():.3f}")
+    print(
+        f"  validation of {sequences} sequences: {validate:.1f} s ({validate / epoch:.2%} of a {epoch / 60:.1f}-minute "
+        f"epoch of training steps); val AMI of these random weights {scores['ami'].item():.3f}"
+    )
 
 
 if __name__ == "__main__":

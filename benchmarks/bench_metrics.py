@@ -92,8 +92,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"{B} sequences x {T} steps of {H}x{W} = {B * T} images; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads")
+    print(
+        f"{B} sequences x {T} steps of {H}x{W} = {B * T} images; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} CPU threads"
+    )
     for K in (3, 5):
         sklearn_s = run(K, torch.device("cpu"), args.repeats, None)
         if torch.cuda.is_available():

@@ -146,7 +146,9 @@ def main(argv: list[str] | None = None) -> None:
                     compile_mode = {"eager": None, "compiled": "default"}.get(mode, mode)
                     label = f"{where}, {precision}, {mode}"
                     try:
-                        seconds = time_update(recipe, args.device, precision == "bf16", compile_mode, args.repeats, args.warmup)
+                        seconds = time_update(
+                            recipe, args.device, precision == "bf16", compile_mode, args.repeats, args.warmup
+                        )
                     except Exception as err:  # noqa: BLE001 - one failed row must not hide the others
                         print(f"    {label:36s} failed: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
                         continue

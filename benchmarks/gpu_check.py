@@ -69,8 +69,21 @@ def install_wheels(out: Path) -> Path | None:
     if not wheels:
         sys.exit("gpu_check: jsonargparse is not installed and no wheels are in .whl/")
     site = Path("/tmp/nem_site")
-    command = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-               "--no-cache-dir", "--upgrade", "--target", str(site), *map(str, wheels)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-index",
+        "--no-deps",
+        "--no-compile",
+        "--no-cache-dir",
+        "--upgrade",
+        "--target",
+        str(site),
+        *map(str, wheels),
+    ]
     run(command, out / "install.log", timeout=300)
     return site
 
@@ -79,7 +92,9 @@ def run(command: list[str], logfile: Path, timeout: float, env: dict[str, str] |
     """Run to completion (or ``timeout`` seconds), output into ``logfile``; return the exit status."""
     with open(logfile, "w") as f:
         try:
-            return subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=timeout).returncode
+            return subprocess.run(
+                command, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=timeout
+            ).returncode
         except subprocess.TimeoutExpired:
             f.write(f"\n[gpu_check] stopped after {timeout:.0f} s\n")
             return 124
@@ -109,10 +124,20 @@ def curve(rows: list[dict[str, str]]) -> list[dict[str, float]]:
     points = []
     for row in rows:
         if row.get("val/ami"):
-            number = lambda key: float(row[key]) if row.get(key) else float("nan")  # noqa: E731
-            points.append({"update": number("step"), "minutes": number("time/minutes"), "ami": number("val/ami"),
-                           "ami_last": number("val/ami_last"), "confidence": number("val/confidence"),
-                           "loss": number("val/loss")})
+
+            def number(key: str, row: dict[str, str] = row) -> float:
+                return float(row[key]) if row.get(key) else float("nan")
+
+            points.append(
+                {
+                    "update": number("step"),
+                    "minutes": number("time/minutes"),
+                    "ami": number("val/ami"),
+                    "ami_last": number("val/ami_last"),
+                    "confidence": number("val/confidence"),
+                    "loss": number("val/loss"),
+                }
+            )
     return points
 
 
@@ -133,45 +158,100 @@ def main(argv: list[str] | None = None) -> None:
 
     site = install_wheels(out)
     env = child_env(site)
-    probe = subprocess.run([sys.executable, "-c", "import torch, jsonargparse, pytorch_lightning as pl; "
-                            "print(torch.__version__, pl.__version__, jsonargparse.__version__, torch.cuda.is_available(), "
-                            "torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"],
-                           capture_output=True, text=True, cwd=ROOT, env=env)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import torch, jsonargparse, pytorch_lightning as pl; "
+            "print(torch.__version__, pl.__version__, jsonargparse.__version__, torch.cuda.is_available(), "
+            "torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
     if probe.returncode:
         sys.exit(f"gpu_check: the environment cannot import what nem needs:\n{probe.stderr}")
     torch_version, pl_version, jap_version, cuda, device = probe.stdout.split(maxsplit=4)
     reduced = args.reduced or cuda != "True"
-    log(f"torch {torch_version}, lightning {pl_version}, jsonargparse {jap_version}, device {device.strip()}, "
-        f"{'reduced' if reduced else 'full'} mode")
+    log(
+        f"torch {torch_version}, lightning {pl_version}, jsonargparse {jap_version}, device {device.strip()}, "
+        f"{'reduced' if reduced else 'full'} mode"
+    )
     python = sys.executable
     data = out / "data"
     data.mkdir()
 
     # 2. data, generated while the tests and the benchmark run
-    sizes = ["--train", "64", "--val", "16", "--test", "16"] if reduced else ["--train", "50000", "--val", "1000", "--test", "10000"]
+    sizes = (
+        ["--train", "64", "--val", "16", "--test", "16"]
+        if reduced
+        else ["--train", "50000", "--val", "1000", "--test", "10000"]
+    )
     variants = {"speed1": [], "speed3": ["--max-speed", "3"]}
     if reduced:
         variants = {"speed1": []}
     generators = {
-        name: start([python, "-m", "nem_lightning.datasets", "flying-shapes", *sizes, *extra, "--no-progress",
-                     "--out", str(data / f"flying_shapes_3_{name}.h5")], out / f"data_{name}.log", env)
+        name: start(
+            [
+                python,
+                "-m",
+                "nem_lightning.datasets",
+                "flying-shapes",
+                *sizes,
+                *extra,
+                "--no-progress",
+                "--out",
+                str(data / f"flying_shapes_3_{name}.h5"),
+            ],
+            out / f"data_{name}.log",
+            env,
+        )
         for name, extra in variants.items()
     }
 
     # 3. CUDA tests, then the benchmark
     if not reduced:
-        status = run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests"],
-                     out / "cuda_tests.log", timeout=120, env=env)
+        status = run(
+            [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests"],
+            out / "cuda_tests.log",
+            timeout=120,
+            env=env,
+        )
         log(f"CUDA tests: exit {status}")
-        bench = [python, "benchmarks/bench_train_step.py", "--device", "cuda", "--recipes", "flying_shapes", "--repeats", "10"]
+        bench = [
+            python,
+            "benchmarks/bench_train_step.py",
+            "--device",
+            "cuda",
+            "--recipes",
+            "flying_shapes",
+            "--repeats",
+            "10",
+        ]
         status = run([*bench, "--modes", "eager"], out / "bench_eager.log", timeout=120, env=env)
         log(f"benchmark, eager: exit {status}")
         # compilation takes a minute or more per row: whatever finishes within the limit is reported
         compiled = [*bench, "--precisions", "bf16", "--modes", "reduce-overhead", "compiled"]
         status = run(compiled, out / "bench_compiled.log", timeout=args.bench_seconds, env=env)
     else:
-        bench = [python, "benchmarks/bench_train_step.py", "--recipes", "shapes", "--threads", "1",
-                 "--precisions", "float32", "--modes", "eager", "--repeats", "1", "--warmup", "0"]
+        bench = [
+            python,
+            "benchmarks/bench_train_step.py",
+            "--recipes",
+            "shapes",
+            "--threads",
+            "1",
+            "--precisions",
+            "float32",
+            "--modes",
+            "eager",
+            "--repeats",
+            "1",
+            "--warmup",
+            "0",
+        ]
         status = run(bench, out / "bench.log", timeout=300, env=env)
     log(f"benchmark: exit {status}")
     for name, process in generators.items():
@@ -182,17 +262,53 @@ def main(argv: list[str] | None = None) -> None:
 
     # 4. training runs, side by side
     runs = {"flagship": FULL_RUNS["flagship"]} if reduced else {name: FULL_RUNS[name] for name in args.runs}
-    limit = ["--trainer.max_steps", "3", "--data.batch_size", "8", "--data.val_size", "16", "--trainer.val_check_interval", "3",
-             "--data.num_workers", "0"] if reduced else [
-        "--trainer.max_time", f"00:00:{int(args.minutes):02d}:{int(args.minutes % 1 * 60):02d}",
-        "--trainer.val_check_interval", str(args.val_every), "--data.num_workers", "2"]
+    limit = (
+        [
+            "--trainer.max_steps",
+            "3",
+            "--data.batch_size",
+            "8",
+            "--data.val_size",
+            "16",
+            "--trainer.val_check_interval",
+            "3",
+            "--data.num_workers",
+            "0",
+        ]
+        if reduced
+        else [
+            "--trainer.max_time",
+            f"00:00:{int(args.minutes):02d}:{int(args.minutes % 1 * 60):02d}",
+            "--trainer.val_check_interval",
+            str(args.val_every),
+            "--data.num_workers",
+            "2",
+        ]
+    )
     processes = {}
     for name, (variant, extra) in runs.items():
-        logger = json.dumps({"class_path": "pytorch_lightning.loggers.CSVLogger",
-                             "init_args": {"save_dir": str(out / "runs"), "name": name, "version": 0}})
-        command = [python, "-m", "nem_lightning.cli", "fit", "--config", CONFIG,
-                   "--data.path", str(data / f"flying_shapes_3_{variant}.h5"), "--data.generate", "null",
-                   "--trainer.logger", logger, *limit, *extra]
+        logger = json.dumps(
+            {
+                "class_path": "pytorch_lightning.loggers.CSVLogger",
+                "init_args": {"save_dir": str(out / "runs"), "name": name, "version": 0},
+            }
+        )
+        command = [
+            python,
+            "-m",
+            "nem_lightning.cli",
+            "fit",
+            "--config",
+            CONFIG,
+            "--data.path",
+            str(data / f"flying_shapes_3_{variant}.h5"),
+            "--data.generate",
+            "null",
+            "--trainer.logger",
+            logger,
+            *limit,
+            *extra,
+        ]
         processes[name] = start(command, out / f"fit_{name}.log", env)
     deadline = time.monotonic() + (600 if reduced else args.minutes * 60 + 180)  # start-up and last validation
     for name, process in processes.items():
@@ -200,19 +316,47 @@ def main(argv: list[str] | None = None) -> None:
 
     # 5. score the flagship's best checkpoint on the test split
     checkpoints = sorted((out / "runs" / "flagship" / "version_0" / "checkpoints").glob("best-*.ckpt"))
-    summary = [f"# gpu_check ({'reduced' if reduced else 'full'} mode)", "",
-               f"torch {torch_version}, lightning {pl_version}, device {device.strip()}", ""]
+    summary = [
+        f"# gpu_check ({'reduced' if reduced else 'full'} mode)",
+        "",
+        f"torch {torch_version}, lightning {pl_version}, device {device.strip()}",
+        "",
+    ]
     if checkpoints:
         best = checkpoints[-1]
         test_log = out / "test_flagship.log"
-        status = run([python, "-m", "nem_lightning.cli", "test", "--config", CONFIG, "--ckpt_path", str(best),
-                      "--data.path", str(data / "flying_shapes_3_speed1.h5"), "--data.generate", "null",
-                      "--trainer.logger", "false"], test_log, timeout=600, env=env)
+        status = run(
+            [
+                python,
+                "-m",
+                "nem_lightning.cli",
+                "test",
+                "--config",
+                CONFIG,
+                "--ckpt_path",
+                str(best),
+                "--data.path",
+                str(data / "flying_shapes_3_speed1.h5"),
+                "--data.generate",
+                "null",
+                "--trainer.logger",
+                "false",
+            ],
+            test_log,
+            timeout=600,
+            env=env,
+        )
         log(f"test flagship: exit {status}")
         export = "import sys; from nem_lightning.cli import save_weights_only; save_weights_only(*sys.argv[1:])"
         run([python, "-c", export, str(best), str(out / "flying_shapes_flagship.ckpt")], out / "export.log", 120, env)
-        summary += [f"flagship best checkpoint {best.name}; `nem test` exit {status}:", "", "```",
-                    *[line for line in test_log.read_text().splitlines() if "test/" in line], "```", ""]
+        summary += [
+            f"flagship best checkpoint {best.name}; `nem test` exit {status}:",
+            "",
+            "```",
+            *[line for line in test_log.read_text().splitlines() if "test/" in line],
+            "```",
+            "",
+        ]
 
     # 6. summary, curves and figures
     for name in runs:
@@ -228,9 +372,16 @@ def main(argv: list[str] | None = None) -> None:
             first, last = points[0], points[-1]
             rate = (last["update"] - first["update"]) / ((last["minutes"] - first["minutes"]) * 60)
             summary.append(f"{rate:.2f} updates/s between updates {first['update']:.0f} and {last['update']:.0f}")
-        summary += ["", "| update | minutes | val AMI | val AMI last step | confidence | val loss |", "|---|---|---|---|---|---|"]
-        summary += [f"| {p['update']:.0f} | {p['minutes']:.2f} | {p['ami']:.3f} | {p['ami_last']:.3f} | "
-                    f"{p['confidence']:.3f} | {p['loss']:.0f} |" for p in points]
+        summary += [
+            "",
+            "| update | minutes | val AMI | val AMI last step | confidence | val loss |",
+            "|---|---|---|---|---|---|",
+        ]
+        summary += [
+            f"| {p['update']:.0f} | {p['minutes']:.2f} | {p['ami']:.3f} | {p['ami_last']:.3f} | "
+            f"{p['confidence']:.3f} | {p['loss']:.0f} |"
+            for p in points
+        ]
         summary.append("")
         if (version / "metrics.csv").is_file():
             shutil.copy(version / "metrics.csv", out / f"metrics_{name}.csv")

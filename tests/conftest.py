@@ -17,7 +17,9 @@ os.environ["WANDB_MODE"] = "disabled"
 @pytest.fixture(scope="session")
 def shapes_file(tmp_path_factory):
     """A tiny static-shapes file from our generator: 96 / 48 / 48 samples."""
-    return str(generate_dataset("shapes", tmp_path_factory.mktemp("data") / "shapes.h5", sizes=(96, 48, 48), progress=False))
+    return str(
+        generate_dataset("shapes", tmp_path_factory.mktemp("data") / "shapes.h5", sizes=(96, 48, 48), progress=False)
+    )
 
 
 def write_official_layout(path, splits, dtype=np.uint8, extra=True):
@@ -46,14 +48,23 @@ def random_static(n, seed=0, size=28):
 def foreign_shapes_file(tmp_path_factory):
     """A static file in the official layout written by plain h5py (uint8, with an extra dataset)."""
     path = tmp_path_factory.mktemp("foreign") / "foreign.h5"
-    return write_official_layout(path, {s: random_static(40, i) for i, s in enumerate(("training", "validation", "test"))})
+    return write_official_layout(
+        path, {s: random_static(40, i) for i, s in enumerate(("training", "validation", "test"))}
+    )
 
 
 def csv_logger(save_dir, config):
     """CLI arguments replacing a config's loggers by one CSVLogger in ``save_dir`` named after the config."""
     name = Path(config).stem
-    return ["--trainer.logger", json.dumps({"class_path": "pytorch_lightning.loggers.CSVLogger",
-                                            "init_args": {"save_dir": str(save_dir), "name": name}})]
+    return [
+        "--trainer.logger",
+        json.dumps(
+            {
+                "class_path": "pytorch_lightning.loggers.CSVLogger",
+                "init_args": {"save_dir": str(save_dir), "name": name},
+            }
+        ),
+    ]
 
 
 @pytest.fixture(autouse=True)

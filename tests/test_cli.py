@@ -13,18 +13,31 @@ import yaml
 from pytorch_lightning.callbacks import Callback
 
 from conftest import csv_logger
-from nem_lightning.module import NEMLightningModule
 from nem_lightning.cli import run
+from nem_lightning.module import NEMLightningModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _fit_args(config, data_path, out, *extra):
     return [
-        "fit", "--config", str(CONFIGS / config), "--config", str(CONFIGS / "debug.yaml"),
-        "--data.path", data_path, "--data.batch_size", "16", "--model.steps", "3",
-        *csv_logger(out, config), "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false", *extra,
+        "fit",
+        "--config",
+        str(CONFIGS / config),
+        "--config",
+        str(CONFIGS / "debug.yaml"),
+        "--data.path",
+        data_path,
+        "--data.batch_size",
+        "16",
+        "--model.steps",
+        "3",
+        *csv_logger(out, config),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        *extra,
     ]
 
 
@@ -95,8 +108,17 @@ def test_scoring_without_a_checkpoint_is_refused(subcommand, shapes_file, capsys
 def test_test_prints_ami_ari_and_confidence_and_is_deterministic(trained, shapes_file, capsys):
     """`nem test --ckpt_path` reports test AMI, last-step ARI and confidence; the same seed repeats them."""
     out, ckpt = trained
-    args = ["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file, "--ckpt_path", ckpt,
-            "--trainer.logger", "false"]
+    args = [
+        "test",
+        "--config",
+        str(CONFIGS / "shapes.yaml"),
+        "--data.path",
+        shapes_file,
+        "--ckpt_path",
+        ckpt,
+        "--trainer.logger",
+        "false",
+    ]
     first = run(args).trainer.callback_metrics
     printed = capsys.readouterr().out
     assert all(name in printed for name in ("test/ami", "test/ari_last", "test/confidence"))
@@ -108,8 +130,19 @@ def test_test_prints_ami_ari_and_confidence_and_is_deterministic(trained, shapes
 def test_test_reads_a_file_from_another_tool(trained, foreign_shapes_file):
     """A static file in the official layout written by plain h5py scores without conversion."""
     _, ckpt = trained
-    cli = run(["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", foreign_shapes_file,
-                "--ckpt_path", ckpt, "--trainer.logger", "false"])
+    cli = run(
+        [
+            "test",
+            "--config",
+            str(CONFIGS / "shapes.yaml"),
+            "--data.path",
+            foreign_shapes_file,
+            "--ckpt_path",
+            ckpt,
+            "--trainer.logger",
+            "false",
+        ]
+    )
     assert "test/ami" in cli.trainer.callback_metrics
     assert cli.model.test_scores.num_labels is None  # no `objects` attribute: the bound is read per batch
 
@@ -117,8 +150,19 @@ def test_test_reads_a_file_from_another_tool(trained, foreign_shapes_file):
 def test_generated_files_give_the_metrics_a_static_label_bound(trained, shapes_file):
     """Our files record their objects, so scoring knows labels lie in 0..3 and needs no per-batch sync."""
     _, ckpt = trained
-    cli = run(["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file,
-               "--ckpt_path", ckpt, "--trainer.logger", "false"])
+    cli = run(
+        [
+            "test",
+            "--config",
+            str(CONFIGS / "shapes.yaml"),
+            "--data.path",
+            shapes_file,
+            "--ckpt_path",
+            ckpt,
+            "--trainer.logger",
+            "false",
+        ]
+    )
     assert cli.model.test_scores.num_labels == 4 and cli.model.val_scores.num_labels == 4
     assert torch.isfinite(cli.trainer.callback_metrics["test/ami"])
 
@@ -171,8 +215,19 @@ def test_n_em_config_trains(shapes_file, tmp_path):
 def test_impossible_config_is_one_line(shapes_file, capsys):
     """N-EM with Gaussian pixels is refused naming the options."""
     with pytest.raises(SystemExit) as info:
-        run(["fit", "--config", str(CONFIGS / "shapes.yaml"), "--model.m_step", "n_em",
-              "--model.distribution", "gaussian", "--data.path", shapes_file])
+        run(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "shapes.yaml"),
+                "--model.m_step",
+                "n_em",
+                "--model.distribution",
+                "gaussian",
+                "--data.path",
+                shapes_file,
+            ]
+        )
     assert info.value.code == 2
     assert "model.m_step=n_em" in capsys.readouterr().err
 
@@ -183,10 +238,28 @@ def test_shipped_loggers_run_offline_and_runs_never_collide(shapes_file, tmp_pat
     nem = str(Path(sys.executable).with_name("nem"))
     for _ in range(2):
         done = subprocess.run(
-            [nem, "fit", "--config", str(CONFIGS / "shapes.yaml"), "--config", str(CONFIGS / "debug.yaml"),
-             "--data.path", shapes_file, "--model.steps", "2", "--trainer.max_epochs", "1",
-             "--trainer.enable_progress_bar", "false"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL,
+            [
+                nem,
+                "fit",
+                "--config",
+                str(CONFIGS / "shapes.yaml"),
+                "--config",
+                str(CONFIGS / "debug.yaml"),
+                "--data.path",
+                shapes_file,
+                "--model.steps",
+                "2",
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.enable_progress_bar",
+                "false",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            stdin=subprocess.DEVNULL,
         )
         assert done.returncode == 0, done.stderr[-2000:]
     for version in ("version_0", "version_1"):
@@ -212,8 +285,23 @@ def test_predict_writes_one_hdf5_file_with_scores(trained, shapes_file, tmp_path
 
     _, ckpt = trained
     output = tmp_path / "out" / "pred.h5"
-    run(["predict", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file, "--ckpt_path", ckpt,
-          "--output", str(output), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"])
+    run(
+        [
+            "predict",
+            "--config",
+            str(CONFIGS / "shapes.yaml"),
+            "--data.path",
+            shapes_file,
+            "--ckpt_path",
+            ckpt,
+            "--output",
+            str(output),
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     with h5py.File(output) as f:
         assert f["gamma"].shape == (48, 3, 4, 28, 28) and f["pred"].shape == (48, 3, 4, 1, 28, 28)
         assert f["mask"].shape == (48, 3, 28, 28) and f["index"][:].tolist() == list(range(48))
@@ -227,8 +315,20 @@ def test_predict_writes_one_hdf5_file_with_scores(trained, shapes_file, tmp_path
 def test_test_plots_ami_per_step(trained, shapes_file, tmp_path):
     """After `nem test` the run's figures folder holds the AMI-per-step plot."""
     _, ckpt = trained
-    run(["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file, "--ckpt_path", ckpt,
-          *csv_logger(tmp_path, "shapes.yaml"), "--trainer.enable_progress_bar", "false"])
+    run(
+        [
+            "test",
+            "--config",
+            str(CONFIGS / "shapes.yaml"),
+            "--data.path",
+            shapes_file,
+            "--ckpt_path",
+            ckpt,
+            *csv_logger(tmp_path, "shapes.yaml"),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     assert (tmp_path / "shapes" / "version_0" / "figures" / "test_ami_per_step.png").is_file()
 
 
@@ -274,9 +374,20 @@ def test_damaged_or_foreign_checkpoints_are_one_line(subcommand, trained, shapes
     (tmp_path / "trunc.ckpt").write_bytes(data[: len(data) // 2])
     (tmp_path / "text.ckpt").write_text("hello")
     torch.save({"weights": 1}, tmp_path / "other.ckpt")
-    base = [subcommand, "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file, "--trainer.logger", "false"]
-    for name, expected in [("trunc", "is not a readable checkpoint"), ("text", "is not a readable checkpoint"),
-                           ("other", "is not a Lightning checkpoint")]:
+    base = [
+        subcommand,
+        "--config",
+        str(CONFIGS / "shapes.yaml"),
+        "--data.path",
+        shapes_file,
+        "--trainer.logger",
+        "false",
+    ]
+    for name, expected in [
+        ("trunc", "is not a readable checkpoint"),
+        ("text", "is not a readable checkpoint"),
+        ("other", "is not a Lightning checkpoint"),
+    ]:
         err = _fails_with(capsys, [*base, "--ckpt_path", str(tmp_path / f"{name}.ckpt")])
         assert f"{name}.ckpt" in err and expected in err
 
@@ -284,27 +395,58 @@ def test_damaged_or_foreign_checkpoints_are_one_line(subcommand, trained, shapes
 def test_checkpoint_of_another_architecture_is_refused_listing_the_differences(trained, shapes_file, capsys):
     """The flying-shapes config with a static fc checkpoint names architecture and hidden size, and stops."""
     _, ckpt = trained
-    err = _fails_with(capsys, ["test", "--config", str(CONFIGS / "flying_shapes.yaml"), "--ckpt_path", ckpt,
-                               "--data.path", shapes_file])
-    assert "architecture: config flying_shapes, checkpoint fc" in err and "hidden_size: config 100, checkpoint 250" in err
+    err = _fails_with(
+        capsys,
+        ["test", "--config", str(CONFIGS / "flying_shapes.yaml"), "--ckpt_path", ckpt, "--data.path", shapes_file],
+    )
+    assert (
+        "architecture: config flying_shapes, checkpoint fc" in err and "hidden_size: config 100, checkpoint 250" in err
+    )
 
 
 def test_other_k_in_the_config_warns_and_points_at_eval_k(trained, shapes_file):
     """A config K other than the checkpoint's is not applied silently: the warning names --eval.k."""
     _, ckpt = trained
     with pytest.warns(UserWarning, match=r"trained with model.k=4 .* pass --eval.k 3"):
-        cli = run(["test", "--config", str(CONFIGS / "shapes.yaml"), "--model.k", "3", "--ckpt_path", ckpt,
-                   "--data.path", shapes_file, "--trainer.logger", "false"])
+        cli = run(
+            [
+                "test",
+                "--config",
+                str(CONFIGS / "shapes.yaml"),
+                "--model.k",
+                "3",
+                "--ckpt_path",
+                ckpt,
+                "--data.path",
+                shapes_file,
+                "--trainer.logger",
+                "false",
+            ]
+        )
     assert cli.model.hparams.k == 4
 
 
 def test_eval_options_and_hidden_size_are_checked_by_their_own_names(trained, shapes_file, capsys):
     _, ckpt = trained
-    err = _fails_with(capsys, ["test", "--config", str(CONFIGS / "shapes.yaml"), "--ckpt_path", ckpt,
-                               "--data.path", shapes_file, "--eval.k", "0"])
+    err = _fails_with(
+        capsys,
+        [
+            "test",
+            "--config",
+            str(CONFIGS / "shapes.yaml"),
+            "--ckpt_path",
+            ckpt,
+            "--data.path",
+            shapes_file,
+            "--eval.k",
+            "0",
+        ],
+    )
     assert err == "error: --eval.k must be at least 1, got 0"
-    err = _fails_with(capsys, ["fit", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file,
-                               "--model.hidden_size", "0"])
+    err = _fails_with(
+        capsys,
+        ["fit", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file, "--model.hidden_size", "0"],
+    )
     assert "model.hidden_size must be at least 1, got 0" in err
 
 
@@ -336,8 +478,12 @@ def test_data_errors_inside_loader_workers_are_one_line(tmp_path, capsys):
 
     bad_features, groups = random_static(32, 5)
     bad_features[0, 3, 0, 0, 0] = float("nan")
-    path = write_official_layout(tmp_path / "nan.h5", {"training": random_static(32, 1), "validation": (bad_features, groups),
-                                                       "test": random_static(8, 2)}, dtype=np.float32)
-    err = _fails_with(capsys, _fit_args("shapes.yaml", path, tmp_path, "--data.num_workers", "1",
-                                        "--data.in_memory", "false"))
+    path = write_official_layout(
+        tmp_path / "nan.h5",
+        {"training": random_static(32, 1), "validation": (bad_features, groups), "test": random_static(8, 2)},
+        dtype=np.float32,
+    )
+    err = _fails_with(
+        capsys, _fit_args("shapes.yaml", path, tmp_path, "--data.num_workers", "1", "--data.in_memory", "false")
+    )
     assert "validation/features has NaN" in err and "nan.h5" in err

@@ -21,8 +21,17 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 def _flying_model(**options) -> NEMLightningModule:
     torch.manual_seed(0)
     return NEMLightningModule(
-        k=3, steps=4, architecture="flying_shapes", input_shape=(1, 28, 28), hidden_size=16, layer_norm=True,
-        noise_prob=0.2, step_weights="all", gradient_gamma=False, score_steps="all", **options
+        k=3,
+        steps=4,
+        architecture="flying_shapes",
+        input_shape=(1, 28, 28),
+        hidden_size=16,
+        layer_norm=True,
+        noise_prob=0.2,
+        step_weights="all",
+        gradient_gamma=False,
+        score_steps="all",
+        **options,
     ).cuda()
 
 
@@ -75,10 +84,36 @@ def test_fit_and_test_on_cuda_in_bf16(tmp_path):
     """`nem fit` trains on the GPU in bf16 and `nem test` scores its checkpoint there."""
     data = generate_dataset("flying_shapes_3", tmp_path / "fs.h5", sizes=(32, 16, 16), frames=5, progress=False)
     logger = json.dumps({"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path)}})
-    common = ["--config", CONFIG, "--data.path", str(data), "--model.steps", "4",
-              "--data.num_workers", "0", "--data.val_size", "16"]
-    cli = run(["fit", *common, "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--data.batch_size", "8", "--trainer.precision", "bf16-mixed",
-               "--trainer.accelerator", "gpu", "--trainer.logger", logger])
+    common = [
+        "--config",
+        CONFIG,
+        "--data.path",
+        str(data),
+        "--model.steps",
+        "4",
+        "--data.num_workers",
+        "0",
+        "--data.val_size",
+        "16",
+    ]
+    cli = run(
+        [
+            "fit",
+            *common,
+            "--trainer.max_steps",
+            "2",
+            "--trainer.val_check_interval",
+            "2",
+            "--data.batch_size",
+            "8",
+            "--trainer.precision",
+            "bf16-mixed",
+            "--trainer.accelerator",
+            "gpu",
+            "--trainer.logger",
+            logger,
+        ]
+    )
     assert cli.trainer.global_step == 2 and cli.trainer.strategy.root_device.type == "cuda"
     ckpt = cli.trainer.checkpoint_callback.best_model_path
     cli = run(["test", *common, "--ckpt_path", ckpt, "--trainer.accelerator", "gpu", "--trainer.logger", "false"])

@@ -62,7 +62,11 @@ def test_missing_file_is_generated_on_first_use(tmp_path, monkeypatch):
 
     calls = []
     real = datasets.generate_dataset
-    monkeypatch.setattr(datasets, "generate_dataset", lambda name, path, seed: calls.append(seed) or real(name, path, seed=seed, sizes=(8, 4, 4), progress=False))
+    monkeypatch.setattr(
+        datasets,
+        "generate_dataset",
+        lambda name, path, seed: calls.append(seed) or real(name, path, seed=seed, sizes=(8, 4, 4), progress=False),
+    )
     path = tmp_path / "sub" / "shapes.h5"
     GroupingDataModule(str(path), generate="shapes", generate_seed=3).prepare_data()
     assert path.exists() and calls == [3]

@@ -152,7 +152,9 @@ def test_original_motion_and_shapes_drawn_with_replacement() -> None:
     for i in range(5):  # each object is drawn with its own shape
         for k in range(3):
             sprite = shapes.SHAPES[kinds[i, k]]
-            np.testing.assert_array_equal(x[0, i, :, :, 0] * _paste(sprite, *pos[0, i, k], 28), _paste(sprite, *pos[0, i, k], 28))
+            np.testing.assert_array_equal(
+                x[0, i, :, :, 0] * _paste(sprite, *pos[0, i, k], 28), _paste(sprite, *pos[0, i, k], 28)
+            )
     np.testing.assert_array_equal(sprites.velocity_table(1).tolist(), [[a, b] for a in (-1, 0, 1) for b in (-1, 0, 1)])
     with pytest.raises(ValueError, match="max_speed"):
         sprites.velocity_table(-1)
@@ -161,8 +163,25 @@ def test_original_motion_and_shapes_drawn_with_replacement() -> None:
 def test_flying_shapes_options_reach_the_file(tmp_path: Path) -> None:
     """`nem-data flying-shapes --max-speed 1 --distinct-shapes` writes that motion and records it in the file."""
     out = tmp_path / "fs.h5"
-    datasets.main(["flying-shapes", "--train", "20", "--val", "4", "--test", "4", "--frames", "4", "--max-speed", "1",
-                   "--distinct-shapes", "--no-progress", "--out", str(out)])
+    datasets.main(
+        [
+            "flying-shapes",
+            "--train",
+            "20",
+            "--val",
+            "4",
+            "--test",
+            "4",
+            "--frames",
+            "4",
+            "--max-speed",
+            "1",
+            "--distinct-shapes",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     with h5py.File(out, "r") as f:
         assert f.attrs["max_speed"] == 1 and f.attrs["shapes"] == "distinct" and f.attrs["generator_version"] == 2
     default = generate_dataset("flying_shapes_3", tmp_path / "d.h5", sizes=TINY, frames=4, progress=False)
@@ -365,8 +384,21 @@ def test_sigterm_during_generation_leaves_no_file(tmp_path):
     import time
 
     out = tmp_path / "big.h5"
-    proc = subprocess.Popen([sys.executable, "-m", "nem_lightning.datasets", "flying-shapes", "--train", "200000",
-                             "--no-progress", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nem_lightning.datasets",
+            "flying-shapes",
+            "--train",
+            "200000",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".big.h5.*.tmp")) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -16,8 +16,9 @@ NEM = str(Path(sys.executable).with_name("nem"))
 
 def _run(args, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    result = subprocess.run([NEM, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [NEM, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -31,11 +32,31 @@ def _last_metrics(folder):
 def ddp_fit(shapes_file, tmp_path_factory):
     """A 2-process DDP fit of 2 epochs x 2 batches per process on the tiny shapes file."""
     out = tmp_path_factory.mktemp("ddp")
-    _run(["fit", "--config", str(CONFIGS / "shapes.yaml"), "--config", str(CONFIGS / "debug.yaml"),
-          "--config", str(CONFIGS / "trainer" / "ddp.yaml"), "--trainer.accelerator", "cpu",
-          "--trainer.limit_train_batches", "2", "--data.path", shapes_file, "--data.batch_size", "8",
-          "--model.steps", "3", *csv_logger(out, "shapes.yaml"),
-          "--trainer.enable_progress_bar", "false"], out)
+    _run(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "shapes.yaml"),
+            "--config",
+            str(CONFIGS / "debug.yaml"),
+            "--config",
+            str(CONFIGS / "trainer" / "ddp.yaml"),
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.limit_train_batches",
+            "2",
+            "--data.path",
+            shapes_file,
+            "--data.batch_size",
+            "8",
+            "--model.steps",
+            "3",
+            *csv_logger(out, "shapes.yaml"),
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        out,
+    )
     return out
 
 
@@ -50,10 +71,26 @@ def test_ddp_fit_trains_and_checkpoints(ddp_fit):
 def test_ddp_test_scores_each_image_once(ddp_fit, shapes_file, tmp_path):
     """Testing 13 images on 2 processes scores exactly 13 (no padding duplicates), as 1 process does."""
     last = str(next(ddp_fit.glob("shapes/version_0/checkpoints/last.ckpt")))
-    common = ["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file, "--data.batch_size", "4",
-              "--data.test_size", "13", "--ckpt_path", last, "--trainer.accelerator", "cpu",
-              "--trainer.enable_progress_bar", "false"]
-    _run([*common, "--config", str(CONFIGS / "trainer" / "ddp.yaml"), *csv_logger(tmp_path / "two", "shapes")], tmp_path)
+    common = [
+        "test",
+        "--config",
+        str(CONFIGS / "shapes.yaml"),
+        "--data.path",
+        shapes_file,
+        "--data.batch_size",
+        "4",
+        "--data.test_size",
+        "13",
+        "--ckpt_path",
+        last,
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    _run(
+        [*common, "--config", str(CONFIGS / "trainer" / "ddp.yaml"), *csv_logger(tmp_path / "two", "shapes")], tmp_path
+    )
     _run([*common, *csv_logger(tmp_path / "one", "shapes")], tmp_path)
     two, one = _last_metrics(tmp_path / "two"), _last_metrics(tmp_path / "one")
     assert two["test/images"] == one["test/images"] == 13
@@ -68,16 +105,55 @@ def test_two_nodes_under_torchrun(shapes_file, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    args = ["fit", "--config", str(CONFIGS / "shapes.yaml"), "--config", str(CONFIGS / "debug.yaml"),
-            "--data.path", shapes_file, "--data.batch_size", "8", "--model.steps", "2",
-            "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "1",
-            "--trainer.num_nodes", "2", *csv_logger(tmp_path, "shapes.yaml"), "--trainer.enable_progress_bar", "false"]
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / "shapes.yaml"),
+        "--config",
+        str(CONFIGS / "debug.yaml"),
+        "--data.path",
+        shapes_file,
+        "--data.batch_size",
+        "8",
+        "--model.steps",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "1",
+        "--trainer.num_nodes",
+        "2",
+        *csv_logger(tmp_path, "shapes.yaml"),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     nodes = [
-        subprocess.Popen([torchrun, "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(rank),
-                          "--master-addr", "127.0.0.1", "--master-port", port, NEM, *args],
-                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         stdin=subprocess.DEVNULL)
+        subprocess.Popen(
+            [
+                torchrun,
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--node-rank",
+                str(rank),
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                port,
+                NEM,
+                *args,
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         for rank in (0, 1)
     ]
     outputs = [node.communicate(timeout=600)[0] for node in nodes]

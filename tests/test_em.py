@@ -17,7 +17,7 @@ def test_bernoulli_e_step_matches_hand_computation():
     psi = torch.tensor([0.8, 0.2, 0.5]).view(1, 3, 1, 1, 1)
     for x, liks in ((1.0, [0.8, 0.2, 0.5]), (0.0, [0.2, 0.8, 0.5])):
         gamma = e_step(psi, torch.full((1, 1, 1, 1, 1), x), "bernoulli")
-        p = [l + 1e-6 for l in liks]
+        p = [lik + 1e-6 for lik in liks]
         assert gamma.flatten().tolist() == pytest.approx([v / sum(p) for v in p], rel=1e-6)
 
 
@@ -78,7 +78,11 @@ def test_rnn_em_state_is_sigmoid_of_preactivation_and_decoder_reads_layer_norm()
             nn.init.normal_(cell.norm.bias)
         delta, h0 = torch.randn(2, 1, 2, 2), torch.rand(2, 3)
         _, h = cell(delta, h0)
-        a = delta.flatten(1) @ cell.input_weights.weight.t() + cell.input_weights.bias + h0 @ cell.recurrent_weights.weight.t()
+        a = (
+            delta.flatten(1) @ cell.input_weights.weight.t()
+            + cell.input_weights.bias
+            + h0 @ cell.recurrent_weights.weight.t()
+        )
         torch.testing.assert_close(h, torch.sigmoid(a))
         expected = torch.sigmoid(cell.norm(a)) if layer_norm else torch.sigmoid(a)
         torch.testing.assert_close(seen[-1], expected)

@@ -23,7 +23,9 @@ def tiny_files(tmp_path_factory):
 
     def get(name: str) -> str:
         if name not in made:
-            made[name] = str(generate_dataset(name, folder / f"{name}.h5", sizes=(32, 16, 16), frames=FRAMES, progress=False))
+            made[name] = str(
+                generate_dataset(name, folder / f"{name}.h5", sizes=(32, 16, 16), frames=FRAMES, progress=False)
+            )
         return made[name]
 
     return get
@@ -31,10 +33,23 @@ def tiny_files(tmp_path_factory):
 
 def _args(subcommand, config, data_path, out, *extra):
     return [
-        subcommand, "--config", str(CONFIGS / config), "--config", str(CONFIGS / "debug.yaml"),
-        "--data.path", data_path, "--data.batch_size", "8", "--data.num_workers", "0",
-        *csv_logger(out, config), "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false", *extra,
+        subcommand,
+        "--config",
+        str(CONFIGS / config),
+        "--config",
+        str(CONFIGS / "debug.yaml"),
+        "--data.path",
+        data_path,
+        "--data.batch_size",
+        "8",
+        "--data.num_workers",
+        "0",
+        *csv_logger(out, config),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        *extra,
     ]
 
 
@@ -62,8 +77,20 @@ def flying_checkpoint(tiny_files, tmp_path_factory):
 
 def test_eval_overrides_change_k_steps_and_data_on_purpose(flying_checkpoint, tiny_files, caplog):
     """--eval.k/--eval.steps win over the checkpoint's options; a 5-object file and longer sequences score."""
-    args = _args("test", "flying_shapes.yaml", tiny_files("flying_shapes_5"), "unused", "--ckpt_path", flying_checkpoint,
-                 "--trainer.logger", "false", "--eval.k", "5", "--eval.steps", "5")
+    args = _args(
+        "test",
+        "flying_shapes.yaml",
+        tiny_files("flying_shapes_5"),
+        "unused",
+        "--ckpt_path",
+        flying_checkpoint,
+        "--trainer.logger",
+        "false",
+        "--eval.k",
+        "5",
+        "--eval.steps",
+        "5",
+    )
     with caplog.at_level("INFO"):
         cli = run(args)
     assert (cli.model.hparams.k, cli.model.hparams.steps) == (5, 5)
@@ -74,16 +101,40 @@ def test_eval_overrides_change_k_steps_and_data_on_purpose(flying_checkpoint, ti
 
 def test_without_overrides_the_checkpoint_options_hold(flying_checkpoint, tiny_files):
     """Without --eval.*, K and steps come from the checkpoint even if --model.k says otherwise."""
-    cli = run(_args("test", "flying_shapes.yaml", tiny_files("flying_shapes_3"), "unused", "--ckpt_path", flying_checkpoint,
-                     "--trainer.logger", "false", "--model.k", "7"))
+    cli = run(
+        _args(
+            "test",
+            "flying_shapes.yaml",
+            tiny_files("flying_shapes_3"),
+            "unused",
+            "--ckpt_path",
+            flying_checkpoint,
+            "--trainer.logger",
+            "false",
+            "--model.k",
+            "7",
+        )
+    )
     assert (cli.model.hparams.k, cli.model.hparams.steps) == (3, 3)
 
 
 def test_too_many_steps_for_the_sequences_is_one_clear_error(flying_checkpoint, tiny_files, capsys):
     """Asking for more EM steps than the file's frames allow names model.steps and the frame count."""
     with pytest.raises(SystemExit) as info:
-        run(_args("test", "flying_shapes.yaml", tiny_files("flying_shapes_3"), "unused", "--ckpt_path", flying_checkpoint,
-                   "--trainer.logger", "false", "--eval.steps", "9"))
+        run(
+            _args(
+                "test",
+                "flying_shapes.yaml",
+                tiny_files("flying_shapes_3"),
+                "unused",
+                "--ckpt_path",
+                flying_checkpoint,
+                "--trainer.logger",
+                "false",
+                "--eval.steps",
+                "9",
+            )
+        )
     assert info.value.code == 2
     assert f"sequences have {FRAMES} frames; model.steps=9 needs at least 10" in capsys.readouterr().err
 
@@ -92,16 +143,32 @@ def test_sequences_written_by_another_tool_are_read_unchanged(flying_checkpoint,
     """A (T, N, H, W, 1) file of 7 frames from plain h5py scores with the 3-step model."""
     rng = np.random.default_rng(0)
     groups = rng.integers(0, 4, size=(7, 12, 28, 28, 1))
-    path = write_official_layout(tmp_path / "seq.h5", {"test": ((groups > 0).astype(np.float32), groups)}, dtype=np.float32)
-    cli = run(_args("test", "flying_shapes.yaml", path, "unused", "--ckpt_path", flying_checkpoint, "--trainer.logger", "false"))
+    path = write_official_layout(
+        tmp_path / "seq.h5", {"test": ((groups > 0).astype(np.float32), groups)}, dtype=np.float32
+    )
+    cli = run(
+        _args(
+            "test", "flying_shapes.yaml", path, "unused", "--ckpt_path", flying_checkpoint, "--trainer.logger", "false"
+        )
+    )
     assert "test/ami" in cli.trainer.callback_metrics
 
 
 def test_weights_from_starts_a_new_stage_from_a_checkpoint(flying_checkpoint, tiny_files, tmp_path):
     """--weights_from copies the weights only: the new run starts at step 0 with those weights."""
     state = torch.load(flying_checkpoint, weights_only=True)["state_dict"]
-    cli_args = _args("fit", "flying_shapes.yaml", tiny_files("flying_shapes_3"), tmp_path, "--model.steps", "3",
-                     "--weights_from", flying_checkpoint, "--trainer.max_epochs", "0")
+    cli_args = _args(
+        "fit",
+        "flying_shapes.yaml",
+        tiny_files("flying_shapes_3"),
+        tmp_path,
+        "--model.steps",
+        "3",
+        "--weights_from",
+        flying_checkpoint,
+        "--trainer.max_epochs",
+        "0",
+    )
     cli = run(cli_args)
     for name, value in cli.model.state_dict().items():
         torch.testing.assert_close(value, state[name])
@@ -111,8 +178,20 @@ def test_weights_from_starts_a_new_stage_from_a_checkpoint(flying_checkpoint, ti
 def test_weights_from_a_different_architecture_is_refused(flying_checkpoint, tiny_files, tmp_path, capsys):
     """Loading flying-shapes weights into the static fc model fails with one line naming the option."""
     with pytest.raises(SystemExit) as info:
-        run(["fit", "--config", str(CONFIGS / "shapes.yaml"), "--config", str(CONFIGS / "debug.yaml"),
-              "--data.path", tiny_files("shapes"), "--weights_from", flying_checkpoint,
-              "--trainer.logger", "false"])
+        run(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "shapes.yaml"),
+                "--config",
+                str(CONFIGS / "debug.yaml"),
+                "--data.path",
+                tiny_files("shapes"),
+                "--weights_from",
+                flying_checkpoint,
+                "--trainer.logger",
+                "false",
+            ]
+        )
     assert info.value.code == 2
     assert "--weights_from" in capsys.readouterr().err

@@ -12,8 +12,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 def test_gpu_check_reduced_mode_trains_scores_and_summarises(tmp_path):
     """Data, benchmark, a few flying-shapes updates, `nem test` and a summary with weights-only checkpoint."""
     out = tmp_path / "results"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--reduced"], capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(out), "--reduced"], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     summary = (out / "summary.md").read_text()
     assert "reduced mode" in summary and "## flagship" in summary
@@ -28,7 +29,8 @@ def test_gpu_check_reduced_mode_trains_scores_and_summarises(tmp_path):
 def test_gpu_check_refuses_a_folder_with_results(tmp_path):
     """Earlier results are never overwritten."""
     (tmp_path / "old.txt").write_text("kept")
-    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--reduced"], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--reduced"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode != 0 and "is not empty" in done.stderr
     assert (tmp_path / "old.txt").read_text() == "kept"

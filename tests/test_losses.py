@@ -78,7 +78,9 @@ def test_upper_bound_uses_the_pixelwise_max_over_components():
     """Upper bound = BCE of max_k psi against the target, ignoring gamma."""
     preds = torch.tensor([0.3, 0.9, 0.6]).view(1, 1, 3, 1, 1, 1)  # (B, T, K, C, H, W)
     target = torch.ones(1, 1, 1, 1, 1, 1)
-    assert upper_bound_loss(list(preds.unbind(1)), target, "bernoulli", [1.0]).item() == pytest.approx(-math.log(0.9), rel=1e-6)
+    assert upper_bound_loss(list(preds.unbind(1)), target, "bernoulli", [1.0]).item() == pytest.approx(
+        -math.log(0.9), rel=1e-6
+    )
 
 
 def test_next_frame_loss_weighs_new_predictions_by_the_previous_gamma():

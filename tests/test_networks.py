@@ -219,7 +219,10 @@ def test_bernoulli_predictions_stay_float32_under_bf16_autocast(m_step, architec
 
 
 def test_layer_norm_epsilon_reaches_every_norm_and_keeps_tiny_inputs_visible():
-    """model.layer_norm_eps sets every layer norm; TF's 1e-12 rescales a 1e-5-scale input to unit variance, 1e-5 flattens it."""
+    """model.layer_norm_eps sets every layer norm.
+
+    TF's 1e-12 rescales a 1e-5-scale input to unit variance; torch's 1e-5 flattens it.
+    """
     for eps in (1e-12, 1e-5):
         cell = build_cell("rnn_em", "flying_shapes", (1, 28, 28), 16, True, True, eps)
         norms = [m for m in cell.modules() if isinstance(m, (ChannelLayerNorm, nn.LayerNorm))]

@@ -27,8 +27,18 @@ def test_shipped_weights_score_above_their_floor(name, tmp_path):
     state = torch.load(weights, map_location="cpu", weights_only=False)
     assert "optimizer_states" not in state and state["loops"] is None  # weights only
     data = generate_dataset(dataset, tmp_path / "d.h5", seed=123, sizes=(4, 4, 64), progress=False)
-    common = ["--config", str(ROOT / "configs" / config), "--ckpt_path", str(weights), "--data.path", str(data),
-              "--data.num_workers", "0", "--trainer.logger", "false"]
+    common = [
+        "--config",
+        str(ROOT / "configs" / config),
+        "--ckpt_path",
+        str(weights),
+        "--data.path",
+        str(data),
+        "--data.num_workers",
+        "0",
+        "--trainer.logger",
+        "false",
+    ]
     cli = run(["test", *common])
     assert cli.trainer.callback_metrics["test/ami"] >= floor
     run(["predict", *common, "--output", str(tmp_path / "p.h5")])
@@ -38,11 +48,27 @@ def test_shipped_weights_score_above_their_floor(name, tmp_path):
 
 def test_weights_only_export_drops_the_optimizer_and_refuses_other_files(tmp_path):
     source = tmp_path / "full.ckpt"
-    torch.save({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": {"k": 3}, "pytorch-lightning_version": "2.6",
-                "optimizer_states": [{"big": torch.zeros(1000)}], "epoch": 4, "global_step": 9}, source)
+    torch.save(
+        {
+            "state_dict": {"w": torch.ones(2)},
+            "hyper_parameters": {"k": 3},
+            "pytorch-lightning_version": "2.6",
+            "optimizer_states": [{"big": torch.zeros(1000)}],
+            "epoch": 4,
+            "global_step": 9,
+        },
+        source,
+    )
     save_weights_only(str(source), str(tmp_path / "w.ckpt"))
     state = torch.load(tmp_path / "w.ckpt", weights_only=False)
-    assert set(state) == {"state_dict", "hyper_parameters", "pytorch-lightning_version", "epoch", "global_step", "loops"}
+    assert set(state) == {
+        "state_dict",
+        "hyper_parameters",
+        "pytorch-lightning_version",
+        "epoch",
+        "global_step",
+        "loops",
+    }
     assert state["global_step"] == 9 and not list(tmp_path.glob(".*partial"))
     (tmp_path / "text.ckpt").write_text("not a checkpoint")
     with pytest.raises(ConfigError, match="text.ckpt' could not be read as a training checkpoint"):

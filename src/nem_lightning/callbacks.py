@@ -57,8 +57,9 @@ class GroupingFigures(Callback):
     Every ``every_n_epochs`` validation epochs, the model is unrolled on the given validation samples and,
     for each, a PNG with the input, the corrupted input, γ per step (colour-coded by component), each
     component's prediction and the reconstruction, titled with the sample's AMI, is written to
-    ``<run dir>/figures/`` (runs without a logger draw nothing) and sent to every logger that takes images (W&B, TensorBoard). For sequences
-    an animated GIF is written too. After ``nem test`` the AMI per EM step is saved and logged as a plot.
+    ``<run dir>/figures/`` (runs without a logger draw nothing) and sent to every logger that takes images
+    (W&B, TensorBoard). For sequences an animated GIF is written too. After ``nem test`` the AMI per EM step
+    is saved and logged as a plot.
 
     Args:
         samples: indices of validation samples to draw.
@@ -100,15 +101,23 @@ class GroupingFigures(Callback):
         images = []
         for j, index in enumerate(samples):
             picture = figures.grouping_figure(
-                targets[j].numpy(), inputs[j].numpy(), gammas[j].numpy(), preds[j].numpy(),
-                None if groups is None else groups[j].numpy(), None if ami is None else ami[j],
+                targets[j].numpy(),
+                inputs[j].numpy(),
+                gammas[j].numpy(),
+                preds[j].numpy(),
+                None if groups is None else groups[j].numpy(),
+                None if ami is None else ami[j],
                 title=f"epoch {epoch}, sample {index}",
             )
             figures.save_png(picture, folder / f"epoch{epoch:03d}_sample{index}.png")
             images.append(picture)
             if self.gif and batch["features"].shape[1] > 1:
-                figures.sequence_gif(targets[j].numpy(), gammas[j].numpy(), preds[j].numpy(),
-                                     folder / f"epoch{epoch:03d}_sample{index}.gif")
+                figures.sequence_gif(
+                    targets[j].numpy(),
+                    gammas[j].numpy(),
+                    preds[j].numpy(),
+                    folder / f"epoch{epoch:03d}_sample{index}.gif",
+                )
         log_images(trainer, "val/groupings", images, [f"sample {i}" for i in samples])
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -142,4 +151,6 @@ class EpochLog(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = trainer.callback_metrics
         parts = [f"{key} {float(metrics[key]):.4g}" for key in self.KEYS if key in metrics]
-        pl.utilities.rank_zero_info(f"epoch {trainer.current_epoch} | step {trainer.global_step} | " + " | ".join(parts))
+        pl.utilities.rank_zero_info(
+            f"epoch {trainer.current_epoch} | step {trainer.global_step} | " + " | ".join(parts)
+        )

@@ -63,7 +63,9 @@ class NEMCLI(LightningCLI):
             # --ckpt_path restores the checkpoint's model options over --config and --model.* (see
             # Lightning-AI/pytorch-lightning#21455); these apply test-time variations on purpose.
             parser.add_argument("--eval.k", type=Optional[int], default=None, help="Evaluate with this K.")
-            parser.add_argument("--eval.steps", type=Optional[int], default=None, help="Evaluate with this many EM steps.")
+            parser.add_argument(
+                "--eval.steps", type=Optional[int], default=None, help="Evaluate with this many EM steps."
+            )
             parser.add_argument(
                 "--eval.score_steps",
                 type=Optional[Literal["last", "all"]],
@@ -181,8 +183,10 @@ def check_architecture(path: str, asked: dict[str, Any], trained: dict[str, Any]
     conflicts = [
         f"{name}: config {norm(asked[name])}, checkpoint {norm(trained[name])}"
         for name in ARCHITECTURE_OPTIONS
-        if name in trained and asked.get(name) is not None
-        and norm(asked[name]) != norm(_default(name)) and norm(asked[name]) != norm(trained[name])
+        if name in trained
+        and asked.get(name) is not None
+        and norm(asked[name]) != norm(_default(name))
+        and norm(asked[name]) != norm(trained[name])
     ]
     if conflicts:
         raise NEMError(

@@ -16,8 +16,8 @@ from typing import Literal, Optional
 import h5py
 import numpy as np
 import pytorch_lightning as pl
-from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 import torch
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -58,7 +58,9 @@ def inspect_split(path: str, split: str, require_groups: bool = True) -> dict:
         raise DataError(f"{path}: not a readable HDF5 file ({err})") from None
     with f:
         if split not in f:
-            raise DataError(f"{path}: missing split {split!r}; found {sorted(f.keys())}, expected training/validation/test")
+            raise DataError(
+                f"{path}: missing split {split!r}; found {sorted(f.keys())}, expected training/validation/test"
+            )
         group = f[split]
         if not isinstance(group, h5py.Group) or "features" not in group:
             raise DataError(f"{path}: {split}/features is missing")

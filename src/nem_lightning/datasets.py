@@ -29,10 +29,9 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from nem_lightning import __version__
+from nem_lightning import __version__, shapes
 from nem_lightning import mnist as flying_mnist
 from nem_lightning.errors import DataError
-from nem_lightning import shapes
 
 # Bump whenever the same settings would produce different arrays. Version 2: flying shapes draw shapes with
 # replacement, as the original, and may stand still; their speed is an option (DEFAULT_MAX_SPEED).

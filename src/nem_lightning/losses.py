@@ -105,8 +105,9 @@ def upper_bound_loss(
     return total
 
 
-
-def next_frame_loss(preds: Sequence[Tensor], gammas: Sequence[Tensor], targets: Tensor, distribution: Distribution) -> Tensor:
+def next_frame_loss(
+    preds: Sequence[Tensor], gammas: Sequence[Tensor], targets: Tensor, distribution: Distribution
+) -> Tensor:
     """Loss of the next-frame prediction made before the frame is seen, averaged over steps 1..T-1.
 
     At step t the model predicts frame t + 1 as ``sum_k gamma_{t-1,k} psi_{t,k}``: the responsibilities

@@ -47,7 +47,8 @@ class NEMLightningModule(pl.LightningModule):
         lr: Adam learning rate.
         compile: run the training unroll and its loss through ``torch.compile`` (fuses the many small per-pixel
             operations; usually 1.3-1.5x faster per step on CPU, see benchmarks/RESULTS.md; one-off compile of
-            about a minute per batch shape). Validation, test and predict stay eager. Needs a working C++ compiler on CPU.
+            about a minute per batch shape). Validation, test and predict stay eager. Needs a working C++ compiler
+            on CPU. Slower than eager for the convolutional flying models on CPU (benchmarks/RESULTS.md).
         compile_mode: ``torch.compile`` mode when ``compile`` is on: ``default``, ``reduce-overhead`` (CUDA
             graphs, which remove the per-kernel launch cost that dominates on a GPU) or ``max-autotune``.
     """
@@ -82,7 +83,9 @@ class NEMLightningModule(pl.LightningModule):
         if not 0.0 <= noise_prob <= 1.0:
             raise ConfigError(f"model.noise_prob must lie in [0, 1], got {noise_prob}")
         if m_step == "n_em" and distribution != "bernoulli":
-            raise ConfigError("model.m_step=n_em implements the Bernoulli gradient step; set model.distribution=bernoulli")
+            raise ConfigError(
+                "model.m_step=n_em implements the Bernoulli gradient step; set model.distribution=bernoulli"
+            )
         if lr <= 0 or e_sigma <= 0:
             raise ConfigError(f"model.lr and model.e_sigma must be positive, got lr={lr}, e_sigma={e_sigma}")
         if not 0.0 < layer_norm_eps < 1.0:
@@ -90,7 +93,13 @@ class NEMLightningModule(pl.LightningModule):
         self.save_hyperparameters()
         self.weights = self._step_weights(step_weights, steps)
         cell = build_cell(
-            m_step, architecture, tuple(input_shape), hidden_size, layer_norm, distribution == "bernoulli", layer_norm_eps
+            m_step,
+            architecture,
+            tuple(input_shape),
+            hidden_size,
+            layer_norm,
+            distribution == "bernoulli",
+            layer_norm_eps,
         )
         self.em = NeuralEM(cell, distribution, noise, noise_prob, e_sigma, gradient_gamma)
         self.val_scores = SequenceGroupingMetrics(steps, score_steps)
@@ -120,7 +129,9 @@ class NEMLightningModule(pl.LightningModule):
         """The unroll, its outer loss and the (gradient-free) upper-bound loss."""
         hp = self.hparams
         out = self.em(features, hp.k, hp.steps)
-        loss = outer_loss(out.preds, out.gammas, out.targets, hp.distribution, self.weights, hp.w_inter, hp.gradient_gamma)
+        loss = outer_loss(
+            out.preds, out.gammas, out.targets, hp.distribution, self.weights, hp.w_inter, hp.gradient_gamma
+        )
         with torch.no_grad():
             upper = upper_bound_loss(out.preds, out.targets, hp.distribution, self.weights)
         return out, loss, upper
@@ -148,7 +159,8 @@ class NEMLightningModule(pl.LightningModule):
             )
         if frames != 1 and frames < self.hparams.steps + 1:
             raise DataError(
-                f"sequences have {frames} frames; model.steps={self.hparams.steps} needs at least {self.hparams.steps + 1}"
+                f"sequences have {frames} frames; model.steps={self.hparams.steps} "
+                f"needs at least {self.hparams.steps + 1}"
             )
 
     def _shared_step(self, batch: dict[str, Tensor], stage: Stage) -> Tensor:

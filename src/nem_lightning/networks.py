@@ -156,7 +156,11 @@ def conv_decoder(
     LN + ReLU after every layer but the last, which is sigmoid (``sigmoid_output``) or linear.
     """
     c, h, w = start_shape
-    layers: list[nn.Module] = [glorot_(nn.Linear(hidden_size, ENCODED_SIZE)), ChannelLayerNorm(ENCODED_SIZE, eps), nn.ReLU()]
+    layers: list[nn.Module] = [
+        glorot_(nn.Linear(hidden_size, ENCODED_SIZE)),
+        ChannelLayerNorm(ENCODED_SIZE, eps),
+        nn.ReLU(),
+    ]
     layers += [glorot_(nn.Linear(ENCODED_SIZE, c * h * w)), ChannelLayerNorm(c * h * w, eps), nn.ReLU()]
     layers.append(Unflatten(start_shape))  # (n, C, H, W)
     for i, out in enumerate(channels):

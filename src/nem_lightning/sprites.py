@@ -13,9 +13,7 @@ import numpy as np
 
 # Every integer velocity (dy, dx) with components in [-3, 3] except standing still: (48, 2). Flying
 # MNIST draws from these; flying shapes use `velocity_table`.
-VELOCITIES = np.array(
-    [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4) if (dy, dx) != (0, 0)], dtype=np.int64
-)
+VELOCITIES = np.array([(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4) if (dy, dx) != (0, 0)], dtype=np.int64)
 
 
 def velocity_table(max_speed: int) -> np.ndarray:
