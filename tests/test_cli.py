@@ -202,6 +202,8 @@ def test_interrupted_fit_leaves_last_ckpt_that_resumes(how, shapes_file, tmp_pat
     assert torch.load(last, weights_only=False)["global_step"] == 2
     cli = run(_fit_args("shapes.yaml", shapes_file, tmp_path, "--ckpt_path", str(last)))
     assert cli.trainer.global_step == 8  # 2 epochs x 4 batches, continued rather than restarted
+    assert [p.name for p in (tmp_path / "shapes").iterdir()] == ["version_0"]  # resumed in its own folder
+    assert Path(cli.trainer.log_dir) == tmp_path / "shapes" / "version_0"
 
 
 def test_n_em_config_trains(shapes_file, tmp_path):
@@ -487,3 +489,57 @@ def test_data_errors_inside_loader_workers_are_one_line(tmp_path, capsys):
         capsys, _fit_args("shapes.yaml", path, tmp_path, "--data.num_workers", "1", "--data.in_memory", "false")
     )
     assert "validation/features has NaN" in err and "nan.h5" in err
+
+
+def test_run_folders_are_reserved_atomically(tmp_path, monkeypatch):
+    """A folder created by another run between listing and mkdir is skipped, not shared."""
+    from jsonargparse import Namespace
+
+    from nem_lightning import cli as nem_cli
+
+    taken = tmp_path / "shapes" / "version_0"
+    taken.mkdir(parents=True)
+    monkeypatch.setattr(nem_cli, "_next_version", lambda root: 0)  # as if listed before the other run's mkdir
+    logger = Namespace(
+        class_path="pytorch_lightning.loggers.CSVLogger",
+        init_args=Namespace(save_dir=str(tmp_path), name="shapes", version=None),
+    )
+    assert nem_cli.reserve_run_folders([logger], None) is False
+    assert logger.init_args.version == 1 and (tmp_path / "shapes" / "version_1").is_dir()
+
+
+def test_a_failed_run_leaves_no_empty_run_folder(shapes_file, tmp_path, capsys):
+    """A run that stops before training removes the folder it reserved; earlier runs' folders stay."""
+    (tmp_path / "shapes" / "version_0").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        run(_fit_args("shapes.yaml", shapes_file, tmp_path, "--model.k", "3", "--model.step_weights", "[1.0]"))
+    assert [p.name for p in (tmp_path / "shapes").iterdir()] == ["version_0"]
+    assert "model.step_weights has 1 entries" in capsys.readouterr().err
+
+
+def test_test_scores_do_not_depend_on_batch_size(trained, shapes_file):
+    """Evaluation draws each sample's noise from its own stream: batch 5 and batch 48 score alike, twice."""
+    _, ckpt = trained
+    scores = []
+    for batch in ("5", "48", "5"):
+        torch.manual_seed(int(batch))  # the global stream must not matter either
+        cli = run(
+            [
+                "test",
+                "--config",
+                str(CONFIGS / "shapes.yaml"),
+                "--data.path",
+                shapes_file,
+                "--ckpt_path",
+                ckpt,
+                "--data.batch_size",
+                batch,
+                "--trainer.logger",
+                "false",
+            ]
+        )
+        scores.append({k: float(v) for k, v in cli.trainer.callback_metrics.items()})
+    for other in scores[1:]:
+        for name in ("test/ami", "test/ari", "test/confidence"):
+            assert other[name] == pytest.approx(scores[0][name], abs=1e-6), name
+        assert other["test/loss"] == pytest.approx(scores[0]["test/loss"], rel=1e-5)  # float32 sums in other order

@@ -94,7 +94,9 @@ def test_ddp_test_scores_each_image_once(ddp_fit, shapes_file, tmp_path):
     _run([*common, *csv_logger(tmp_path / "one", "shapes")], tmp_path)
     two, one = _last_metrics(tmp_path / "two"), _last_metrics(tmp_path / "one")
     assert two["test/images"] == one["test/images"] == 13
-    assert 0.0 <= two["test/confidence"] <= 1.0 and abs(two["test/ami"] - one["test/ami"]) < 0.5
+    # each sample's noise and initial gamma come from its own stream: the split across processes changes nothing
+    for name in ("test/ami", "test/ari", "test/confidence"):
+        assert abs(two[name] - one[name]) < 1e-6, name
 
 
 def test_two_nodes_under_torchrun(shapes_file, tmp_path):

@@ -173,3 +173,23 @@ def test_first_step_delta_is_gamma_times_input():
     torch.manual_seed(1)
     gamma = init_gamma(1, 2, (4, 4), frames)
     torch.testing.assert_close(seen[0], gamma.reshape(2, 1, 4, 4))
+
+
+def test_sample_draws_do_not_depend_on_batch_mates():
+    """A sample's noise and initial gamma are the same alone or inside any batch; other keys differ."""
+    from nem_lightning.em import SampleDraws
+
+    torch.manual_seed(0)
+    cell = RNNEMCell(
+        nn.Flatten(), 16, 8, nn.Sequential(nn.Linear(8, 16), nn.Sigmoid(), nn.Unflatten(1, (1, 4, 4))), False
+    )
+    em = NeuralEM(cell, noise_prob=0.3)
+    frames = (torch.rand(3, 1, 1, 4, 4) < 0.5).float()
+    batch = em(frames, 3, 2, SampleDraws([(0, 2, 7), (0, 2, 8), (0, 2, 9)]))
+    alone = em(frames[2:], 3, 2, SampleDraws([(0, 2, 9)]))
+    torch.testing.assert_close(alone.inputs[0], batch.inputs[2], rtol=0, atol=0)
+    torch.testing.assert_close(alone.gammas[-1][0], batch.gammas[-1][2])
+    other = em(frames[2:], 3, 2, SampleDraws([(1, 2, 9)]))
+    assert not torch.equal(other.inputs[0], alone.inputs[0])
+    with pytest.raises(ValueError, match="holds 1 streams, asked for a batch of 3"):
+        SampleDraws([(0, 1, 2)]).rand((3, 4), frames)

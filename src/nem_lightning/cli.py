@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -106,6 +107,8 @@ class NEMCLI(LightningCLI):
         # runs without a logger, would write config.yaml into the working directory and collide next time.
         if self.subcommand != "fit" or self.config.fit.trainer.logger is False:
             self.save_config_callback = None
+        if self.subcommand == "fit" and reserve_run_folders(self.config.fit.trainer.logger, self.config.fit.ckpt_path):
+            self.save_config_kwargs["overwrite"] = True  # resumed in its own folder: config.yaml is rewritten
         # Lightning would score random weights and exit 0 without a checkpoint (and `--ckpt_path last`
         # in a fresh process only warns): refuse instead.
         if self.subcommand in NEEDS_CHECKPOINT:
@@ -156,6 +159,56 @@ class NEMCLI(LightningCLI):
         if source and not self.config.fit.get("ckpt_path"):
             load_weights(self.model, source)
             rank_zero_info(f"nem fit: initialised weights from {source}")
+
+
+RESERVED: list[Path] = []  # run folders this process created, removed again if the run fails before writing
+
+
+def _next_version(root: Path) -> int:
+    versions = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
+    return max(versions, default=-1) + 1
+
+
+def reserve_run_folders(loggers: Any, ckpt_path: str | None) -> bool:
+    """Give each CSV/TensorBoard logger without a version a run folder of its own, created atomically.
+
+    Lightning picks ``version_N`` by listing the folder, so two runs started together would share one. Here the
+    folder is made with ``mkdir`` (which fails if it exists) and the logger is told its version. A run resumed
+    from ``<root>/version_N/checkpoints/*.ckpt`` goes on in ``version_N``. Only the first process reserves:
+    under DDP Lightning broadcasts its folders to the others. Returns whether a run resumes in its own folder.
+    """
+    if int(os.environ.get("RANK", 0)) != 0 or int(os.environ.get("LOCAL_RANK", 0)) != 0:
+        return False
+    resumed = False
+    for item in loggers if isinstance(loggers, list) else [loggers]:
+        class_path = str(getattr(item, "class_path", ""))
+        if not class_path.endswith(("CSVLogger", "TensorBoardLogger")) or item.init_args.get("version") is not None:
+            continue
+        args = item.init_args
+        root = Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
+        run_dir = Path(ckpt_path).resolve().parents[1] if ckpt_path else None
+        if run_dir is not None and run_dir.parent == root.resolve() and run_dir.name.startswith("version_"):
+            args.version, resumed = int(run_dir.name[8:]), True
+            continue
+        root.mkdir(parents=True, exist_ok=True)
+        version = _next_version(root)
+        while True:
+            try:
+                (root / f"version_{version}").mkdir()
+                break
+            except FileExistsError:  # another run took it between listing and mkdir
+                version += 1
+        RESERVED.append(root / f"version_{version}")
+        args.version = version
+    return resumed
+
+
+def discard_unused_run_folders() -> None:
+    """Remove the folders this process reserved if the run wrote no checkpoint or metrics into them."""
+    while RESERVED:
+        folder = RESERVED.pop()
+        if folder.is_dir() and not any(folder.rglob("*.ckpt")) and not any(folder.rglob("metrics.csv")):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _default(name: str) -> Any:
@@ -272,8 +325,13 @@ def one_line(err: BaseException) -> str:
 def run(args: list[str] | None = None) -> NEMCLI:
     """Run ``nem`` with these arguments and return the CLI (trainer, model, data), for use in code."""
     wandb_never_blocks()
+    RESERVED.clear()
     try:
-        return NEMCLI(NEMLightningModule, GroupingDataModule, args=args)
+        try:
+            return NEMCLI(NEMLightningModule, GroupingDataModule, args=args)
+        except BaseException:
+            discard_unused_run_folders()
+            raise
     except NEMError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)

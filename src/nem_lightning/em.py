@@ -13,9 +13,11 @@ predicts frame t+1. Shapes follow the paper: B batch, T steps, K components, (C,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -25,28 +27,64 @@ Noise = Literal["bitflip", "masked_uniform", "none"]
 LIKELIHOOD_EPS = 1e-6  # added to every component's likelihood so no gamma is exactly 0
 
 
-def bitflip(x: Tensor, p: float) -> Tensor:
+class SampleDraws:
+    """Random numbers drawn from one stream per sample, so a sample's noise and initial gamma do not depend on
+    which other samples share its batch, or on how many processes split the data.
+
+    Args:
+        keys: one key per sample of the batch, e.g. (seed, split, sample index); each seeds its own stream.
+    """
+
+    def __init__(self, keys: Sequence[Sequence[int]]) -> None:
+        self.generators = [torch.Generator().manual_seed(_stream_seed(key)) for key in keys]
+
+    def _draw(self, sample: Callable[..., Tensor], shape: Sequence[int], like: Tensor) -> Tensor:
+        if shape[0] != len(self.generators):
+            raise ValueError(f"SampleDraws holds {len(self.generators)} streams, asked for a batch of {shape[0]}")
+        draws = torch.stack([sample(tuple(shape[1:]), generator=g) for g in self.generators])
+        return draws.to(device=like.device, dtype=like.dtype)
+
+    def rand(self, shape: Sequence[int], like: Tensor) -> Tensor:
+        """U(0, 1) numbers of ``shape`` (batch first), on ``like``'s device and dtype."""
+        return self._draw(torch.rand, shape, like)
+
+    def randn(self, shape: Sequence[int], like: Tensor) -> Tensor:
+        """N(0, 1) numbers of ``shape`` (batch first), on ``like``'s device and dtype."""
+        return self._draw(torch.randn, shape, like)
+
+
+def _stream_seed(key: Sequence[int]) -> int:
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _rand(shape: Sequence[int], like: Tensor, draws: SampleDraws | None) -> Tensor:
+    if draws is None:
+        return torch.rand(tuple(shape), device=like.device, dtype=like.dtype)  # the global stream
+    return draws.rand(shape, like)
+
+
+def bitflip(x: Tensor, p: float, draws: SampleDraws | None = None) -> Tensor:
     """Flip each binary pixel with probability ``p`` (XOR with Bernoulli(p))."""
-    flip = torch.rand_like(x) < p
+    flip = _rand(x.shape, x, draws) < p
     return torch.where(flip, 1.0 - x, x)
 
 
-def masked_uniform(x: Tensor, p: float) -> Tensor:
+def masked_uniform(x: Tensor, p: float, draws: SampleDraws | None = None) -> Tensor:
     """Replace each pixel by U(0, 1) noise with probability ``p``."""
-    replace = torch.rand_like(x) < p
-    return torch.where(replace, torch.rand_like(x), x)
+    replace = _rand(x.shape, x, draws) < p
+    return torch.where(replace, _rand(x.shape, x, draws), x)
 
 
-def corrupt(x: Tensor, noise: Noise, p: float) -> Tensor:
-    """Apply the configured input noise (fresh at every call)."""
+def corrupt(x: Tensor, noise: Noise, p: float, draws: SampleDraws | None = None) -> Tensor:
+    """Apply the configured input noise (fresh at every call; from ``draws`` when given, else the global stream)."""
     if noise == "bitflip":
-        return bitflip(x, p)
+        return bitflip(x, p, draws)
     if noise == "masked_uniform":
-        return masked_uniform(x, p)
+        return masked_uniform(x, p, draws)
     return x
 
 
-def init_gamma(batch: int, k: int, spatial: tuple[int, int], like: Tensor) -> Tensor:
+def init_gamma(batch: int, k: int, spatial: tuple[int, int], like: Tensor, draws: SampleDraws | None = None) -> Tensor:
     """Random initial responsibilities ``|N(0, 1)|`` normalised over K; all ones when K = 1.
 
     Returns:
@@ -54,7 +92,11 @@ def init_gamma(batch: int, k: int, spatial: tuple[int, int], like: Tensor) -> Te
     """
     if k == 1:
         return like.new_ones(batch, 1, 1, *spatial)
-    gamma = torch.randn(batch, k, 1, *spatial, device=like.device, dtype=like.dtype).abs()
+    shape = (batch, k, 1, *spatial)
+    if draws is None:
+        gamma = torch.randn(shape, device=like.device, dtype=like.dtype).abs()
+    else:
+        gamma = draws.randn(shape, like).abs()
     return gamma / gamma.sum(1, keepdim=True)
 
 
@@ -130,7 +172,7 @@ class NeuralEM(nn.Module):
         self.e_sigma = e_sigma
         self.gradient_gamma = gradient_gamma
 
-    def forward(self, frames: Tensor, k: int, steps: int) -> EMOutput:
+    def forward(self, frames: Tensor, k: int, steps: int, draws: SampleDraws | None = None) -> EMOutput:
         """Run the unroll.
 
         Args:
@@ -138,18 +180,20 @@ class NeuralEM(nn.Module):
                 step), otherwise F >= steps + 1 (step t reads frame t and predicts frame t + 1).
             k: number of components K.
             steps: number of EM steps T.
+            draws: per-sample random streams for the noise and the initial gamma (evaluation); None draws
+                from the global stream (training).
         """
         B, F, C, H, W = frames.shape
         if F == 1:
             clean = frames.expand(B, steps + 1, C, H, W)  # static: the same image at every step
         else:
             clean = frames[:, : steps + 1]  # (B, T+1, C, H, W)
-        noisy = corrupt(clean[:, :steps], self.noise, self.noise_prob)  # (B, T, C, H, W)
+        noisy = corrupt(clean[:, :steps], self.noise, self.noise_prob, draws)  # (B, T, C, H, W)
         targets = clean[:, 1:].unsqueeze(2)  # (B, T, 1, C, H, W)
 
         state = self.cell.init_state(B * k, frames)
         psi = frames.new_zeros(B, k, C, H, W)
-        gamma = init_gamma(B, k, (H, W), frames)  # (B, K, 1, H, W)
+        gamma = init_gamma(B, k, (H, W), frames, draws)  # (B, K, 1, H, W)
         preds, gammas = [], []
         for t in range(steps):
             mask = gamma if self.gradient_gamma else gamma.detach()

@@ -6,19 +6,20 @@ Run it with ``nem fit --config configs/shapes.yaml``; score it with
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from nem_lightning.em import Distribution, EMOutput, NeuralEM, Noise
+from nem_lightning.em import Distribution, EMOutput, NeuralEM, Noise, SampleDraws
 from nem_lightning.errors import ConfigError, DataError, TrainingError
 from nem_lightning.losses import OuterLoss, StepWeights, next_frame_loss, outer_loss, step_weights, upper_bound_loss
 from nem_lightning.metrics import SequenceGroupingMetrics
 from nem_lightning.networks import Architecture, MStep, build_cell
 
 Stage = Literal["train", "val", "test", "predict"]
+EVAL_SPLITS = {"val": 1, "test": 2, "predict": 2}  # the file split each stage reads, keying its random streams
 
 
 class NEMLightningModule(pl.LightningModule):
@@ -45,6 +46,9 @@ class NEMLightningModule(pl.LightningModule):
         gradient_gamma: let gradients flow through gamma (static data); false stops them (video).
         score_steps: which steps the reported ``ami``/``ari`` average: ``last`` (static) or ``all`` (video).
         lr: Adam learning rate.
+        eval_seed: seed of evaluation's randomness. Validation, test and predict draw each sample's noise and
+            initial gamma from its own stream, keyed by (eval_seed, split, sample index), so scores do not depend
+            on batch size, process count or what ran before. Training draws from the global stream.
         compile: run the training unroll and its loss through ``torch.compile`` (fuses the many small per-pixel
             operations; usually 1.3-1.5x faster per step on CPU, see benchmarks/RESULTS.md; one-off compile of
             about a minute per batch shape). Validation, test and predict stay eager. Needs a working C++ compiler
@@ -72,6 +76,7 @@ class NEMLightningModule(pl.LightningModule):
         gradient_gamma: bool = True,
         score_steps: Literal["last", "all"] = "last",
         lr: float = 1e-3,
+        eval_seed: int = 0,
         compile: bool = False,
         compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default",
     ) -> None:
@@ -120,15 +125,17 @@ class NEMLightningModule(pl.LightningModule):
         except ValueError as err:
             raise ConfigError(str(err)) from None
 
-    def forward(self, features: Tensor) -> EMOutput:
+    def forward(self, features: Tensor, draws: SampleDraws | None = None) -> EMOutput:
         """Unroll EM on (B, F, C, H, W) frames: F = 1 for static data, F >= steps + 1 for video."""
         self._check_frames(features)
-        return self.em(features, self.hparams.k, self.hparams.steps)
+        return self.em(features, self.hparams.k, self.hparams.steps, draws)
 
-    def _unroll_and_loss(self, features: Tensor) -> tuple[EMOutput, OuterLoss, Tensor]:
+    def _unroll_and_loss(
+        self, features: Tensor, draws: SampleDraws | None = None
+    ) -> tuple[EMOutput, OuterLoss, Tensor]:
         """The unroll, its outer loss and the (gradient-free) upper-bound loss."""
         hp = self.hparams
-        out = self.em(features, hp.k, hp.steps)
+        out = self.em(features, hp.k, hp.steps, draws)
         loss = outer_loss(
             out.preds, out.gammas, out.targets, hp.distribution, self.weights, hp.w_inter, hp.gradient_gamma
         )
@@ -169,7 +176,7 @@ class NEMLightningModule(pl.LightningModule):
         if train and hp.compile:
             out, loss, upper = self._compiled_unroll_and_loss(batch["features"])
         else:
-            out, loss, upper = self._unroll_and_loss(batch["features"])
+            out, loss, upper = self._unroll_and_loss(batch["features"], self._draws(batch, stage))
         if not torch.isfinite(loss.total):
             raise TrainingError(f"the {stage} loss became {loss.total.item()}; lower model.lr or check the data")
         options = dict(on_step=train, on_epoch=not train, batch_size=batch["features"].shape[0], sync_dist=not train)
@@ -182,6 +189,21 @@ class NEMLightningModule(pl.LightningModule):
             scores = self.val_scores if stage == "val" else self.test_scores
             scores.update(out.stacked_gammas().squeeze(3), self._scored_groups(batch["groups"]))
         return loss.total
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "index" in batch:  # sample indices as host ints: no sync after the transfer
+            batch["draw_index"] = batch["index"].tolist()
+        return batch
+
+    def _draws(self, batch: dict[str, Any], stage: Stage) -> SampleDraws | None:
+        """Per-sample random streams for evaluation (predict reads the test split, so it draws as test does)."""
+        indices = batch.get("draw_index")
+        if stage == "train" or (indices is None and "index" not in batch):
+            return None
+        if indices is None:
+            indices = batch["index"].tolist()
+        split = EVAL_SPLITS[stage]
+        return SampleDraws([(self.hparams.eval_seed, split, i) for i in indices])
 
     def _scored_groups(self, groups: Tensor) -> Tensor:
         """Groups each step's gamma is scored against: step t predicts frame t + 1. (B, T or 1, H, W)."""
@@ -216,7 +238,7 @@ class NEMLightningModule(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Per sample: gamma (B, T, K, H, W), predictions (B, T, K, C, H, W) and, if known, the scored groups."""
-        out = self(batch["features"])
+        out = self(batch["features"], self._draws(batch, "predict"))
         result = {"index": batch["index"], "gammas": out.stacked_gammas().squeeze(3), "preds": out.stacked_preds()}
         if "groups" in batch:
             result["groups"] = self._scored_groups(batch["groups"])  # (B, T or 1, H, W)
