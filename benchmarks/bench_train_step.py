@@ -114,6 +114,21 @@ def matmul_rate(device: str, dtype: torch.dtype, n: int = 2048, repeats: int = 1
     return 2 * n**3 / best
 
 
+def profile_update(recipe: str, device: str, bf16: bool, rows: int = 12) -> None:
+    """Print the operators that take the most time in one eager update (after one warm-up update)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, batch = build(recipe, None, device)
+    update = update_fn(model, False, bf16, device)
+    update(batch)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        update(batch)
+        sync(device)
+    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=rows))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
@@ -123,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", default=None, help="eager, compiled, reduce-overhead (CUDA)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="also print the top operators of one eager update")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_train_step: --device cuda but no GPU is visible")
@@ -159,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
                         f"  {seconds / floor:5.2f}x floor{extra}",
                         flush=True,
                     )
+        if args.profile:
+            profile_update(recipe, args.device, "bf16" in args.precisions)
 
 
 if __name__ == "__main__":

@@ -55,13 +55,16 @@ def test_flying_update_on_cuda_is_finite_and_learns(bf16):
     assert losses[-1] < losses[0]
 
 
-def test_compiled_update_on_cuda_matches_eager(monkeypatch):
+def test_compiled_update_on_cuda_matches_eager(monkeypatch, request):
     """torch.compile of the unroll gives eager's loss and gradients on CUDA (same random draws).
 
     TF32 is off: the layer norms' 1e-12 epsilon rescales a near-empty component's tiny masked input to unit
     variance, so their backward amplifies TF32's 1e-3 rounding of the first conv into large gradient differences.
     """
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    # compiled code draws eager's numbers; config.patch restores the setting (monkeypatch breaks later compiles)
+    patch = torch._inductor.config.patch(fallback_random=True)
+    patch.__enter__()
+    request.addfinalizer(lambda: patch.__exit__(None, None, None))
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     torch._dynamo.reset()

@@ -12,9 +12,12 @@ def _model(**options) -> NEMLightningModule:
     return NEMLightningModule(k=2, steps=3, input_shape=(1, 6, 6), hidden_size=8, **options)
 
 
-def test_compiled_unroll_and_loss_match_eager_values_and_gradients(monkeypatch):
+def test_compiled_unroll_and_loss_match_eager_values_and_gradients(request):
     """model.compile gives the same loss, predictions and gradients as eager (same random draws)."""
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)  # compiled code draws eager's numbers
+    # compiled code draws eager's numbers; config.patch restores the setting (monkeypatch breaks later compiles)
+    patch = torch._inductor.config.patch(fallback_random=True)
+    patch.__enter__()
+    request.addfinalizer(lambda: patch.__exit__(None, None, None))
     torch._dynamo.reset()
     model = _model(compile=True)
     frames = (torch.rand(4, 1, 1, 6, 6) < 0.3).float()
