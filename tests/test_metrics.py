@@ -18,11 +18,12 @@ from nem_lightning.metrics import (
     AdjustedRandIndex,
     GroupingConfidence,
     SequenceGroupingMetrics,
-    _expected_mutual_info,
     adjusted_mutual_info,
     adjusted_rand_index,
     grouping_confidence,
+    grouping_scores,
 )
+from nem_lightning.metrics.functional import _expected_mutual_info
 
 METHODS = ["max", "arithmetic", "geometric", "min"]
 # (images, spatial shape, K, number of true labels incl. background 0)
@@ -267,6 +268,62 @@ def test_sequence_metric_per_step_and_weighting():
             assert out[f"{name}_last"].item() == pytest.approx(ref[-1], abs=1e-12)
             assert out[name].item() == pytest.approx(ref[-1] if weights == "last" else np.mean(ref), abs=1e-12)
         assert metric.skipped.tolist() == [0, 0, 1, 0]
+
+
+def test_grouping_scores_equal_the_separate_functional_forms():
+    """The one-pass functional gives exactly the values and mask of the three separate functions."""
+    gamma, groups = random_case(4, (9, 9), 3, 5, seed=5)
+    groups[1] = 0
+    scores, valid = grouping_scores(gamma, groups, average_method="geometric", num_labels=5)
+    for name, (ref, ref_valid) in [
+        ("ami", adjusted_mutual_info(gamma, groups, average_method="geometric", num_labels=5)),
+        ("ari", adjusted_rand_index(gamma, groups, num_labels=5)),
+        ("confidence", grouping_confidence(gamma, groups)),
+    ]:
+        torch.testing.assert_close(scores[name], ref, rtol=0, atol=0)
+        assert torch.equal(valid, ref_valid)
+
+
+def test_sequence_per_step_ami_equals_functional_and_sklearn():
+    """Per-step AMI of the sequence metric equals the functional AMI of each step, and sklearn's mean."""
+    B, T, K = 4, 3, 3
+    g = torch.Generator().manual_seed(2)
+    gamma = torch.rand(B, T, K, 7, 7, generator=g)
+    groups = torch.randint(0, 5, (B, T, 7, 7), generator=g)
+    groups[3, 0] = 0  # step 0 averages over three images
+    metric = SequenceGroupingMetrics(num_steps=T, step_weights="all", num_labels=5)
+    metric.update(gamma[:1], groups[:1])
+    metric.update(gamma[1:], groups[1:])
+    per_step = metric.compute()["ami_per_step"]
+    for t in range(T):
+        ami, valid = adjusted_mutual_info(gamma[:, t], groups[:, t], num_labels=5)
+        assert per_step[t].item() == pytest.approx(ami[valid].mean().item(), abs=1e-12)
+        keep = valid.numpy()
+        ref = sklearn_per_image(
+            adjusted_mutual_info_score, gamma[:, t].argmax(1)[keep], groups[:, t][keep], average_method="max"
+        )
+        assert per_step[t].item() == pytest.approx(ref.mean(), abs=1e-9)
+
+
+def test_sequence_compute_counts_images_scored_and_skipped():
+    """compute()["images"] is the number of sequences scored per step, skipped (all-ignored) ones included."""
+    g = torch.Generator().manual_seed(4)
+    gamma = torch.rand(5, 2, 3, 6, 6, generator=g)
+    groups = torch.randint(1, 4, (5, 2, 6, 6), generator=g)
+    groups[0] = 0  # skipped at both steps
+    groups[3, 1] = 0  # skipped at the last step only
+    metric = SequenceGroupingMetrics(num_steps=2, num_labels=4)
+    metric.update(gamma[:2], groups[:2])  # 2 images per step, 1 skipped at the last step
+    metric.update(gamma[2:], groups[2:])  # 3 more, 1 skipped at the last step
+    out = metric.compute()
+    assert out["images"].item() == 5.0 and out["images"].dim() == 0
+    assert metric.skipped.tolist() == [1, 2] and metric.count.tolist() == [4, 3]
+    static = SequenceGroupingMetrics(num_steps=2, num_labels=4)
+    static.update(gamma[:3], groups[:3, :1])  # static groups: image 0 skipped at every step
+    assert static.compute()["images"].item() == 3.0
+    metric.reset()
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert metric.compute()["images"].item() == 0.0
 
 
 def test_a_loose_label_bound_scores_like_the_exact_one():

@@ -1,4 +1,4 @@
-"""Grouping metrics for Neural EM: per-image AMI, ARI and confidence, batched on the device.
+"""Functional grouping metrics for Neural EM: per-image AMI, ARI and confidence, batched on the device.
 
 The paper scores every image on its own with sklearn's ``adjusted_mutual_info_score`` (``max``
 normaliser), using only the pixels whose true group is not 0, then averages over images. Here the same
@@ -6,27 +6,25 @@ numbers come out of one batched pass: a contingency table per image (``scatter_a
 information, entropies and the expected mutual information (EMI) as float64 tensor maths.
 
 Layout follows torchmetrics: ``_grouping_update`` validates inputs and builds the contingency tables,
-``_ami_compute`` / ``_ari_compute`` do the maths, and the ``Metric`` classes only keep float64 sums and
-integer counts, all reduced by sum under DDP. Images without scored pixels are left out of every mean and
-counted in the ``skipped`` state; results are never NaN (a mean over no images reads 0).
+``_ami_compute`` / ``_ari_compute`` do the maths, and the public functions below compose them. Every
+function returns per-image values (0 for images without scored pixels) and a mask of the valid images.
 
 Label bound. Tensor shapes must be fixed without reading data back to the host, so the label range must be
 known statically. Soft assignments gamma (B, K, ...) bound the predicted labels by K. True labels (and hard
 predicted labels) are bounded by ``num_labels``: labels lie in [0, num_labels); the NEM datasets use
 groups 0..5, i.e. ``num_labels=6``. With ``num_labels=None`` the bound is read from the data, which costs
-one device-to-host synchronisation per call; pass it to keep ``update`` sync-free. Out-of-range scored
+one device-to-host synchronisation per call; pass it to keep the call sync-free. Out-of-range scored
 labels fail through a device-side assert instead of being miscounted.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric
 
 AverageMethod = Literal["max", "arithmetic", "geometric", "min"]
 _AVERAGE_METHODS = ("max", "arithmetic", "geometric", "min")
@@ -310,154 +308,31 @@ def grouping_confidence(gamma: Tensor, target: Tensor, *, ignore_index: int | No
     return (conf * scored).sum(1) / count.clamp(min=1), valid
 
 
-class _ImageMean(Metric):
-    """Mean of per-image scores over the images that had scored pixels; others are counted in ``skipped``."""
+def grouping_scores(
+    gamma: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int | None = 0,
+    average_method: AverageMethod = "max",
+    num_labels: int | None = None,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Per-image AMI, ARI and confidence in one pass: AMI and ARI share one contingency table per image.
 
-    is_differentiable = False
-    higher_is_better: bool | None = True
-    full_state_update = False
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("skipped", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
-
-    def _accumulate(self, scores: Tensor, valid: Tensor) -> None:
-        self.total += scores.sum()  # invalid images hold 0
-        self.count += valid.sum()
-        self.skipped += (~valid).sum()
-
-    def compute(self) -> Tensor:
-        """Mean over valid images (0 if there were none), float64 scalar."""
-        return torch.where(self.count > 0, self.total / self.count.clamp(min=1), 0.0)
-
-
-class AdjustedMutualInfo(_ImageMean):
-    """AMI per image, averaged over images (the paper's score with the default ``max`` normaliser).
+    Gives the values of ``adjusted_mutual_info``, ``adjusted_rand_index`` and ``grouping_confidence``
+    without building the contingency tables twice.
 
     Args:
-        average_method: entropy normaliser: max, arithmetic, geometric or min.
+        gamma: soft assignments (B, K, *spatial) float.
+        target: true labels (B, *spatial), integer or float holding integers.
         ignore_index: true label whose pixels are not scored; ``None`` scores every pixel.
-        num_labels: static bound on true labels; ``None`` reads it from each batch (one sync per update).
+        average_method: AMI entropy normaliser: max (the paper's), arithmetic, geometric or min.
+        num_labels: static bound on true labels; ``None`` reads it from the data (a sync).
+
+    Returns:
+        Scores ``{"ami", "ari", "confidence"}``, each (B,) float64 (0 where not valid), and valid (B,) bool.
     """
-
-    def __init__(
-        self,
-        average_method: AverageMethod = "max",
-        ignore_index: int | None = 0,
-        num_labels: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        _check_average_method(average_method)
-        self.average_method, self.ignore_index, self.num_labels = average_method, ignore_index, num_labels
-
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        """Add a batch: preds gamma (B, K, *spatial) or labels (B, *spatial); target (B, *spatial)."""
-        counts, n_max = _grouping_update(preds, target, self.ignore_index, self.num_labels)
-        self._accumulate(*_ami_compute(counts, n_max, self.average_method))
-
-
-class AdjustedRandIndex(_ImageMean):
-    """ARI per image (foreground ARI through ``ignore_index``), averaged over images.
-
-    Args:
-        ignore_index: true label whose pixels are not scored; ``None`` scores every pixel.
-        num_labels: static bound on true labels; ``None`` reads it from each batch (one sync per update).
-    """
-
-    def __init__(self, ignore_index: int | None = 0, num_labels: int | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.ignore_index, self.num_labels = ignore_index, num_labels
-
-    def update(self, preds: Tensor, target: Tensor) -> None:
-        """Add a batch: preds gamma (B, K, *spatial) or labels (B, *spatial); target (B, *spatial)."""
-        self._accumulate(*_ari_compute(_grouping_update(preds, target, self.ignore_index, self.num_labels)[0]))
-
-
-class GroupingConfidence(_ImageMean):
-    """Mean over scored pixels of max_k gamma, per image, averaged over images.
-
-    Args:
-        ignore_index: true label whose pixels are not scored; ``None`` scores every pixel.
-    """
-
-    higher_is_better = None  # confident is not the same as right
-
-    def __init__(self, ignore_index: int | None = 0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.ignore_index = ignore_index
-
-    def update(self, gamma: Tensor, target: Tensor) -> None:
-        """Add a batch: gamma (B, K, *spatial); target (B, *spatial)."""
-        self._accumulate(*grouping_confidence(gamma, target, ignore_index=self.ignore_index))
-
-
-class SequenceGroupingMetrics(Metric):
-    """AMI, ARI and confidence per unrolled step, plus the step-weighted mean the paper reports.
-
-    Time is folded into the batch, so one pass scores every (sequence, step) image. Pass the steps to score
-    (the paper's t = 1..T; the random initial gamma is not scored). Per-step values are means over the
-    images valid at that step; a step with none reads 0.
-
-    Args:
-        num_steps: T, the number of scored steps per sequence.
-        step_weights: "last" (static data: the final step) or "all" (video: mean of the per-step means).
-        average_method: AMI entropy normaliser: max, arithmetic, geometric or min.
-        ignore_index: true label whose pixels are not scored; ``None`` scores every pixel.
-        num_labels: static bound on true labels; ``None`` reads it from each batch (one sync per update).
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    def __init__(
-        self,
-        num_steps: int,
-        step_weights: Literal["last", "all"] = "last",
-        average_method: AverageMethod = "max",
-        ignore_index: int | None = 0,
-        num_labels: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        if step_weights not in ("last", "all"):
-            raise ValueError(f"step_weights must be 'last' or 'all', got {step_weights!r}")
-        _check_average_method(average_method)
-        self.num_steps, self.step_weights, self.average_method = num_steps, step_weights, average_method
-        self.ignore_index, self.num_labels = ignore_index, num_labels
-        for name in ("ami_sum", "ari_sum", "confidence_sum"):
-            self.add_state(name, torch.zeros(num_steps, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros(num_steps, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("skipped", torch.zeros(num_steps, dtype=torch.long), dist_reduce_fx="sum")
-
-    def update(self, gamma: Tensor, groups: Tensor) -> None:
-        """Add a batch: gamma (B, T, K, *spatial); groups (B, T, *spatial) or (B, 1, *spatial) for static data."""
-        B, T = gamma.shape[:2]
-        if T != self.num_steps or groups.shape[1] not in (1, T):
-            shapes = f"gamma {tuple(gamma.shape)}, groups {tuple(groups.shape)}"
-            raise ValueError(f"expected {self.num_steps} steps (groups: {self.num_steps} or 1): {shapes}")
-        g = gamma.flatten(0, 1)  # (B*T, K, *spatial)
-        y = groups.expand(B, T, *groups.shape[2:]).flatten(0, 1)  # (B*T, *spatial)
-        counts, n_max = _grouping_update(g, y, self.ignore_index, self.num_labels)
-        ami, valid = _ami_compute(counts, n_max, self.average_method)
-        ari, _ = _ari_compute(counts)
-        conf, _ = grouping_confidence(g, y, ignore_index=self.ignore_index)
-        self.ami_sum += ami.view(B, T).sum(0)  # (T,)
-        self.ari_sum += ari.view(B, T).sum(0)
-        self.confidence_sum += conf.view(B, T).sum(0)
-        valid = valid.view(B, T)
-        self.count += valid.sum(0)
-        self.skipped += (~valid).sum(0)
-
-    def compute(self) -> dict[str, Tensor]:
-        """Scalars ami, ari, confidence (step-weighted) and their *_last; curves *_per_step (T,)."""
-        out: dict[str, Tensor] = {}
-        for name in ("ami", "ari", "confidence"):
-            per_step = torch.where(self.count > 0, getattr(self, f"{name}_sum") / self.count.clamp(min=1), 0.0)
-            out[name] = per_step[-1] if self.step_weights == "last" else per_step.mean()
-            out[f"{name}_last"] = per_step[-1]
-            out[f"{name}_per_step"] = per_step
-        return out
+    counts, n_max = _grouping_update(gamma, target, ignore_index, num_labels)
+    ami, valid = _ami_compute(counts, n_max, average_method)
+    ari, _ = _ari_compute(counts)
+    confidence, _ = grouping_confidence(gamma, target, ignore_index=ignore_index)
+    return {"ami": ami, "ari": ari, "confidence": confidence}, valid
