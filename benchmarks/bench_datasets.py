@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nem_lightning.datasets import DATASET_NAMES, generate_dataset
+from nem_lightning.generators import DATASET_NAMES, generate_dataset
 
 # The medium MNIST variants cost the same as flying_mnist_2, and flying_shapes_4 lies between 3 and 5.
 TIMED = ("shapes", "flying_shapes_3", "flying_shapes_5", "flying_mnist_2", "flying_mnist_3")

@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
             [
                 python,
                 "-m",
-                "nem_lightning.datasets",
+                "nem_lightning.generators.command",
                 "flying-shapes",
                 *sizes,
                 *extra,

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from nem_lightning.datasets import generate_dataset
+from nem_lightning.generators import generate_dataset
 
 # W&B must never log in or touch the network from the tests; tests that want offline mode set it.
 os.environ["WANDB_MODE"] = "disabled"

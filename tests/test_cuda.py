@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from nem_lightning.cli import run
-from nem_lightning.datasets import generate_dataset
+from nem_lightning.generators import generate_dataset
 from nem_lightning.module import NEMLightningModule
 
 CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "flying_shapes.yaml")

@@ -58,12 +58,12 @@ def test_dataloader_batches_and_workers_reopen_the_file(shapes_file):
 
 def test_missing_file_is_generated_on_first_use(tmp_path, monkeypatch):
     """prepare_data writes the named dataset when data.path does not exist."""
-    import nem_lightning.datasets as datasets
+    import nem_lightning.generators as generators
 
     calls = []
-    real = datasets.generate_dataset
+    real = generators.generate_dataset
     monkeypatch.setattr(
-        datasets,
+        generators,
         "generate_dataset",
         lambda name, path, seed: calls.append(seed) or real(name, path, seed=seed, sizes=(8, 4, 4), progress=False),
     )

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from nem_lightning.cli import run, save_weights_only
-from nem_lightning.datasets import generate_dataset
 from nem_lightning.errors import ConfigError
+from nem_lightning.generators import generate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 # file -> (config, dataset, test AMI floor on 64 fresh sequences); the README lists the full test scores
@@ -69,7 +69,7 @@ def test_weights_only_export_drops_the_optimizer_and_refuses_other_files(tmp_pat
         "global_step",
         "loops",
     }
-    assert state["global_step"] == 9 and not list(tmp_path.glob(".*partial"))
+    assert state["global_step"] == 9 and not list(tmp_path.glob(".*"))  # no temporary file left
     (tmp_path / "text.ckpt").write_text("not a checkpoint")
     with pytest.raises(ConfigError, match="text.ckpt' could not be read as a training checkpoint"):
         save_weights_only(str(tmp_path / "text.ckpt"), str(tmp_path / "x.ckpt"))

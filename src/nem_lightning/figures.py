@@ -11,7 +11,6 @@ component (``argmax_k gamma``) from a fixed qualitative palette, scaled by its c
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
@@ -20,6 +19,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
+
+from nem_lightning.files import atomic_path
 
 # tab10 without its grey, so component colours never look like the grey prediction rows; cycles past 9.
 _PALETTE_HEX = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
@@ -223,18 +224,10 @@ def sequence_frames(
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write through a temporary file in the destination folder, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # not mkstemp: its files are private (0600)
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write the bytes ``write`` puts into an open file to ``path``, atomically (see ``atomic_path``)."""
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:
+        write(f)
+    return Path(path)
 
 
 def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:

