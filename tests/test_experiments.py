@@ -7,9 +7,10 @@ import pytest
 import torch
 import yaml
 
+import nem_lightning
 from conftest import csv_logger, write_official_layout
 from nem_lightning.cli import run
-from nem_lightning.datasets import generate_dataset
+from nem_lightning.generators import generate_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name != "debug.yaml")
@@ -65,6 +66,43 @@ def test_every_shipped_config_trains_a_few_steps(config, tiny_files, tmp_path):
     assert "val/ami" in metrics
     if settings["model"]["score_steps"] == "all":
         assert "val/next_frame_loss" in metrics
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS)
+def test_experiment_configs_state_only_name_model_and_data_over_the_base(config, capsys, tmp_path):
+    """Each experiment names its run after its file and takes trainer, loggers and callbacks from the base."""
+    settings = yaml.safe_load((CONFIGS / config).read_text())
+    assert settings["name"] == Path(config).stem
+    assert set(settings) <= {"name", "model", "data", "trainer"}
+    assert set(settings.get("trainer") or {}) <= {"precision"}  # the flying configs' bf16, nothing else
+    with pytest.raises(SystemExit):
+        run(["fit", "--config", str(CONFIGS / config), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    base = yaml.safe_load((Path(nem_lightning.__file__).parent / "base.yaml").read_text())
+    assert [c["class_path"] for c in printed["trainer"]["callbacks"]] == [
+        c["class_path"] for c in base["trainer"]["callbacks"]
+    ]
+    assert printed["trainer"]["max_epochs"] == 500 and printed["seed_everything"] == 0
+    assert printed["name"] == Path(config).stem and printed["model"]["k"] == settings["model"]["k"]
+
+
+def test_saved_config_names_the_loggers_after_the_run_and_reproduces_it(tiny_files, tmp_path):
+    """A run's config.yaml holds the base's loggers with the run's name filled in, and runs again as is."""
+    path = tiny_files("shapes")
+    args = ["fit", "--config", str(CONFIGS / "shapes.yaml"), "--config", str(CONFIGS / "debug.yaml")]
+    args += ["--data.path", path, "--model.steps", "2", "--trainer.max_epochs", "1", "--name", "mine"]
+    first = run([*args, "--trainer.enable_progress_bar", "false"])
+    saved = tmp_path / "runs" / "mine" / "version_0" / "config.yaml"
+    config = yaml.safe_load(saved.read_text())
+    assert [(lg["class_path"].rsplit(".", 1)[1], lg["init_args"]["name"]) for lg in config["trainer"]["logger"]] == [
+        ("CSVLogger", "mine"),
+        ("WandbLogger", "mine"),
+    ]
+    again = run(["fit", "--config", str(saved), "--trainer.enable_progress_bar", "false"])
+    assert (
+        again.trainer.global_step == first.trainer.global_step > 0
+        and (tmp_path / "runs" / "mine" / "version_1").is_dir()
+    )
 
 
 @pytest.fixture(scope="module")

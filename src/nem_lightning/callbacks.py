@@ -1,4 +1,4 @@
-"""Callbacks of the training run: checkpoint on interrupt, elapsed time, grouping figures."""
+"""Callbacks of the training run: checkpoint on interrupt, resume state, elapsed time, grouping figures."""
 
 from __future__ import annotations
 
@@ -32,6 +32,40 @@ class CheckpointOnInterrupt(Callback):
         path = os.path.join(checkpoint.dirpath, checkpoint.CHECKPOINT_NAME_LAST + checkpoint.FILE_EXTENSION)
         trainer.save_checkpoint(path)
         pl.utilities.rank_zero_info(f"Interrupted: saved {path}; resume with --ckpt_path {path}")
+
+
+class ResumeState(Callback):
+    """Save what an exact resume needs beyond Lightning's own state: the random streams and the W&B run id.
+
+    Training draws its noise and initial γ from the global torch streams (CPU, and CUDA when used); restoring
+    them with the weights, optimizer and data order (``ResumableLoader``) makes a resumed run continue exactly
+    as the interrupted one would have. Under DDP every process starts from the same seed and draws the same
+    amounts, so the first process's streams are every process's. The W&B run id lets ``nem fit --ckpt_path``
+    continue the same W&B run (``wandb_run_id`` below). ``nem fit`` adds this callback itself.
+    """
+
+    KEY = "nem_resume"
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        state = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state()
+        wandb_ids = [logger.version for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if wandb_ids and wandb_ids[0]:
+            state["wandb_run_id"] = str(wandb_ids[0])
+        checkpoint[self.KEY] = state
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        state = checkpoint.get(self.KEY) or {}
+        if "torch" in state:
+            torch.set_rng_state(state["torch"].cpu())
+        if "cuda" in state and pl_module.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"].cpu(), pl_module.device)
+
+
+def wandb_run_id(checkpoint: dict) -> str | None:
+    """The W&B run id a checkpoint written with ``ResumeState`` belongs to, if any."""
+    return (checkpoint.get(ResumeState.KEY) or {}).get("wandb_run_id")
 
 
 class ElapsedTime(Callback):
@@ -82,17 +116,16 @@ class GroupingFigures(Callback):
         folder = self._folder(trainer)
         if not trainer.is_global_zero:
             return
-        dataset = trainer.datamodule.dataset("validation")
-        samples = [i for i in self.samples if 0 <= i < len(dataset)]
+        size = len(trainer.datamodule.dataset("validation"))
+        samples = [i for i in self.samples if 0 <= i < size]
         if not samples:
             return
-        batch = {k: v.to(pl_module.device) for k, v in dataset.__getitems__(samples)[0].items()}
+        batch = {k: v.to(pl_module.device) for k, v in trainer.datamodule.batch("validation", samples).items()}
         with torch.no_grad():
-            out = pl_module(batch["features"])
-        gammas = out.stacked_gammas().squeeze(3).float().cpu()  # (B, T, K, H, W)
-        preds = out.stacked_preds()[:, :, :, 0].float().cpu()  # (B, T, K, H, W), first channel
-        targets, inputs = out.targets[:, :, 0, 0].float().cpu(), out.inputs[:, :, 0].float().cpu()  # (B, T, H, W)
-        groups = pl_module._scored_groups(batch["groups"]).cpu() if "groups" in batch else None
+            shown = {k: v.cpu() for k, v in pl_module.groupings(batch, "val").items()}
+        gammas, preds = shown["gammas"].float(), shown["preds"][:, :, :, 0].float()  # (B, T, K, H, W), 1st channel
+        targets, inputs = shown["targets"][:, :, 0].float(), shown["inputs"][:, :, 0].float()  # (B, T, H, W)
+        groups = shown.get("groups")
         ami = None
         if groups is not None:
             ami, valid = adjusted_mutual_info(gammas[:, -1], groups[:, -1])
@@ -122,7 +155,7 @@ class GroupingFigures(Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # on_test_end, not on_test_epoch_end: callbacks' epoch-end hooks run before the module computes scores
-        curve = getattr(pl_module, "test_ami_per_step", None)
+        curve = pl_module.test_ami_per_step
         if curve is None or not trainer.loggers:
             return
         folder = self._folder(trainer)

@@ -25,7 +25,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from nem_lightning.callbacks import EpochLog
+from nem_lightning.callbacks import EpochLog, ResumeState, wandb_run_id
 from nem_lightning.data import GroupingDataModule
 from nem_lightning.errors import ConfigError, NEMError
 from nem_lightning.module import NEMLightningModule
@@ -44,6 +44,13 @@ class NEMCLI(LightningCLI):
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         # Private Lightning hook, the only one that knows which subcommand a parser is for.
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        parser.add_argument(
+            "--name",
+            type=Optional[str],
+            default=None,
+            help="Run name: loggers without a name of their own write to runs/<name>/version_N and name the W&B "
+            "run so. Experiment configs set it; otherwise the first --config file's name, else 'nem'.",
+        )
         if subcommand == "fit":
             parser.add_argument(
                 "--weights_from",
@@ -107,8 +114,15 @@ class NEMCLI(LightningCLI):
         # runs without a logger, would write config.yaml into the working directory and collide next time.
         if self.subcommand != "fit" or self.config.fit.trainer.logger is False:
             self.save_config_callback = None
-        if self.subcommand == "fit" and reserve_run_folders(self.config.fit.trainer.logger, self.config.fit.ckpt_path):
+        config = self.config[self.subcommand]
+        name_loggers(config.trainer.logger, run_name(config))
+        self._versioned: list[Any] = []
+        if self.subcommand == "fit" and reserve_run_folders(
+            self.config.fit.trainer.logger, self.config.fit.ckpt_path, self._versioned
+        ):
             self.save_config_kwargs["overwrite"] = True  # resumed in its own folder: config.yaml is rewritten
+        if self.subcommand == "fit" and self.config.fit.get("ckpt_path"):
+            continue_wandb_run(self.config.fit.trainer.logger, self.config.fit.ckpt_path)
         # Lightning would score random weights and exit 0 without a checkpoint (and `--ckpt_path last`
         # in a fresh process only warns): refuse instead.
         if self.subcommand in NEEDS_CHECKPOINT:
@@ -121,6 +135,8 @@ class NEMCLI(LightningCLI):
                 )
 
     def after_instantiate_classes(self) -> None:
+        for item in self._versioned:  # the loggers have their folders; the saved config.yaml, run again, gets new ones
+            item.init_args.version = None
         if self.subcommand == "predict":
             output = self.config.predict.output
             check_writable(output)
@@ -143,7 +159,9 @@ class NEMCLI(LightningCLI):
             else:
                 kwargs["enable_progress_bar"] = False
                 callbacks.append(EpochLog())
-            kwargs["callbacks"] = callbacks
+        if self.subcommand == "fit" and not any(isinstance(c, ResumeState) for c in callbacks):
+            callbacks.append(ResumeState())  # exact resume: random streams and the W&B run id in every checkpoint
+        kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
     def _finish_wandb(self) -> None:
@@ -161,6 +179,26 @@ class NEMCLI(LightningCLI):
             rank_zero_info(f"nem fit: initialised weights from {source}")
 
 
+BASE_CONFIG = Path(__file__).with_name("base.yaml")  # trainer, loggers and callbacks every run shares
+LOGGERS_WITH_NAMES = ("CSVLogger", "TensorBoardLogger", "WandbLogger")
+
+
+def run_name(config: Any) -> str:
+    """The run's name: ``name`` if set, else the first ``--config`` file's stem, else ``nem``."""
+    if config.get("name"):
+        return str(config.name)
+    files = [Path(str(path)) for path in config.get("config") or []]
+    return files[0].stem if files else "nem"
+
+
+def name_loggers(loggers: Any, name: str) -> None:
+    """Give each CSV, TensorBoard and W&B logger of the config that has no name of its own the run's name."""
+    for item in loggers if isinstance(loggers, list) else [loggers]:
+        args = getattr(item, "init_args", None)
+        if str(getattr(item, "class_path", "")).endswith(LOGGERS_WITH_NAMES) and not args.get("name"):
+            args.name = name
+
+
 RESERVED: list[Path] = []  # run folders this process created, removed again if the run fails before writing
 
 
@@ -169,13 +207,14 @@ def _next_version(root: Path) -> int:
     return max(versions, default=-1) + 1
 
 
-def reserve_run_folders(loggers: Any, ckpt_path: str | None) -> bool:
+def reserve_run_folders(loggers: Any, ckpt_path: str | None, versioned: list[Any] | None = None) -> bool:
     """Give each CSV/TensorBoard logger without a version a run folder of its own, created atomically.
 
     Lightning picks ``version_N`` by listing the folder, so two runs started together would share one. Here the
     folder is made with ``mkdir`` (which fails if it exists) and the logger is told its version. A run resumed
     from ``<root>/version_N/checkpoints/*.ckpt`` goes on in ``version_N``. Only the first process reserves:
-    under DDP Lightning broadcasts its folders to the others. Returns whether a run resumes in its own folder.
+    under DDP Lightning broadcasts its folders to the others. Returns whether a run resumes in its own folder;
+    the logger entries given a version are appended to ``versioned``.
     """
     if int(os.environ.get("RANK", 0)) != 0 or int(os.environ.get("LOCAL_RANK", 0)) != 0:
         return False
@@ -189,6 +228,8 @@ def reserve_run_folders(loggers: Any, ckpt_path: str | None) -> bool:
         run_dir = Path(ckpt_path).resolve().parents[1] if ckpt_path else None
         if run_dir is not None and run_dir.parent == root.resolve() and run_dir.name.startswith("version_"):
             args.version, resumed = int(run_dir.name[8:]), True
+            if versioned is not None:
+                versioned.append(item)
             continue
         root.mkdir(parents=True, exist_ok=True)
         version = _next_version(root)
@@ -200,7 +241,21 @@ def reserve_run_folders(loggers: Any, ckpt_path: str | None) -> bool:
                 version += 1
         RESERVED.append(root / f"version_{version}")
         args.version = version
+        if versioned is not None:
+            versioned.append(item)
     return resumed
+
+
+def continue_wandb_run(loggers: Any, ckpt_path: str) -> None:
+    """Point each W&B logger without an id at the run the checkpoint belongs to, so a resumed run goes on in it."""
+    if not Path(ckpt_path).is_file():
+        return  # Lightning's own message (e.g. for `last`/`hpc`) stands
+    run_id = wandb_run_id(read_checkpoint(ckpt_path))
+    for item in loggers if isinstance(loggers, list) else [loggers]:
+        args = getattr(item, "init_args", None)
+        if run_id and str(getattr(item, "class_path", "")).endswith("WandbLogger") and not args.get("id"):
+            if not args.get("version"):
+                args.id = run_id
 
 
 def discard_unused_run_folders() -> None:
@@ -215,16 +270,23 @@ def _default(name: str) -> Any:
     return inspect.signature(NEMLightningModule).parameters[name].default
 
 
-def checkpoint_hparams(path: str) -> dict[str, Any]:
-    """The model options stored in a checkpoint; NEMError naming the file if it is not a readable checkpoint."""
+def read_checkpoint(path: str, option: str = "--ckpt_path") -> dict[str, Any]:
+    """A checkpoint's contents (tensors memory-mapped); NEMError naming ``option`` and the file if unreadable."""
+    if not Path(path).is_file():
+        raise NEMError(f"{option} {path!r} is not a checkpoint file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 - truncated, not a zip, not a pickle: all the same to the user
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise NEMError(f"--ckpt_path {path!r} is not a readable checkpoint ({reason[:200]})") from None
+        raise NEMError(f"{option} {path!r} is not a readable checkpoint ({reason[:200]})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise NEMError(f"--ckpt_path {path!r} is not a Lightning checkpoint (it holds no state_dict)")
-    return dict(ckpt.get("hyper_parameters") or {})
+        raise NEMError(f"{option} {path!r} is not a Lightning checkpoint (it holds no state_dict)")
+    return ckpt
+
+
+def checkpoint_hparams(path: str) -> dict[str, Any]:
+    """The model options stored in a checkpoint; NEMError naming the file if it is not a readable checkpoint."""
+    return dict(read_checkpoint(path).get("hyper_parameters") or {})
 
 
 def check_architecture(path: str, asked: dict[str, Any], trained: dict[str, Any]) -> None:
@@ -266,12 +328,7 @@ def check_writable(output: str) -> None:
 
 def load_weights(model: NEMLightningModule, path: str) -> None:
     """Copy the network weights of a checkpoint into ``model``; optimizer and loop state are not touched."""
-    if not Path(path).is_file():
-        raise ConfigError(f"--weights_from {path!r} is not a checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line message
-        raise ConfigError(f"--weights_from {path!r} could not be read as a checkpoint ({err})") from None
+    state = read_checkpoint(path, "--weights_from")["state_dict"]
     try:
         model.load_state_dict(state)
     except RuntimeError as err:  # missing, unexpected or differently shaped weights
@@ -293,9 +350,10 @@ def save_weights_only(source: str, target: str) -> None:
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line message
         raise ConfigError(f"{source!r} could not be read as a training checkpoint ({err})") from None
     state.update(epoch=full.get("epoch", 0), global_step=full.get("global_step", 0), loops=None)
-    partial = Path(target).with_name(f".{Path(target).name}.partial")
-    torch.save(state, partial)
-    os.replace(partial, target)
+    from nem_lightning.files import atomic_path
+
+    with atomic_path(target) as tmp:
+        torch.save(state, tmp)
 
 
 def wandb_never_blocks() -> None:
@@ -328,7 +386,9 @@ def run(args: list[str] | None = None) -> NEMCLI:
     RESERVED.clear()
     try:
         try:
-            return NEMCLI(NEMLightningModule, GroupingDataModule, args=args)
+            base = {"default_config_files": [str(BASE_CONFIG)]}
+            parser_kwargs = {subcommand: base for subcommand in ("fit", "validate", "test", "predict")}
+            return NEMCLI(NEMLightningModule, GroupingDataModule, args=args, parser_kwargs=parser_kwargs)
         except BaseException:
             discard_unused_run_folders()
             raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import h5py
 import numpy as np
@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from nem_lightning.errors import DataError
 
@@ -156,6 +156,57 @@ def _collate(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return {k: torch.stack([item[k] for item in items]) for k in items[0]}
 
 
+class EpochShuffle(DistributedSampler):
+    """The training order: a permutation drawn from (seed, epoch), this process's share of it, and a start.
+
+    The order depends on nothing but the seed and the epoch, so a resumed run can continue an epoch where the
+    interrupted one stopped: ``resume(epoch, start)`` skips the first ``start`` samples of that epoch, once.
+    With one process it is simply a reproducible shuffle (``num_replicas=1, rank=0``).
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self._resume: tuple[int, int] | None = None
+
+    def resume(self, epoch: int, start: int) -> None:
+        """Make the next pass over ``epoch`` begin at its ``start``-th sample."""
+        self.epoch, self._resume = epoch, (epoch, start)
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        resume, self._resume = self._resume, None
+        start = resume[1] if resume is not None and resume[0] == self.epoch else 0
+        return iter(indices[start:])
+
+
+class ResumableLoader(DataLoader):
+    """A training DataLoader that Lightning saves into checkpoints and restores on resume.
+
+    Its state is the shuffle's seed, the epoch to go on with and the samples of that epoch already trained on
+    (from the trainer's progress, through ``progress``: batches done and batches per epoch). Lightning calls
+    ``state_dict`` when it writes a checkpoint and ``load_state_dict`` before the resumed epoch starts, so the
+    resumed run sees the same batches, in the same order, as an uninterrupted one.
+    """
+
+    def __init__(self, *args: Any, progress: Callable[[], tuple[int, float]] = lambda: (0, 1), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        if not isinstance(self.sampler, EpochShuffle):  # replaced by Lightning, e.g. for overfit_batches
+            return {}
+        done, per_epoch = self.progress()
+        if done >= per_epoch:  # the epoch is over: a resumed run starts the next one
+            return {"seed": self.sampler.seed, "epoch": self.sampler.epoch + 1, "consumed": 0}
+        return {"seed": self.sampler.seed, "epoch": self.sampler.epoch, "consumed": done * self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if not state or not isinstance(self.sampler, EpochShuffle):
+            return
+        self.sampler.seed = int(state["seed"])
+        self.sampler.resume(int(state["epoch"]), int(state["consumed"]))
+
+
 class GroupingDataModule(pl.LightningDataModule):
     """Static (T = 1) or sequential grouping data from one file in the official HDF5 layout.
 
@@ -209,7 +260,7 @@ class GroupingDataModule(pl.LightningDataModule):
                 f"data.path {self.path!r} does not exist; point it at a file in the official layout "
                 f"or set data.generate to a dataset name to create it"
             )
-        from nem_lightning.datasets import generate_dataset
+        from nem_lightning.generators import generate_dataset
 
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         generate_dataset(self.hparams.generate, self.path, seed=self.hparams.generate_seed)
@@ -230,7 +281,7 @@ class GroupingDataModule(pl.LightningDataModule):
 
     def _check_generation(self) -> None:
         """Refuse a file that an older generator wrote for ``data.generate``: its data differ from today's."""
-        from nem_lightning.datasets import GENERATOR_VERSION
+        from nem_lightning.generators import GENERATOR_VERSION
 
         if self.hparams.generate is None or not os.path.isfile(self.path):
             return
@@ -257,38 +308,57 @@ class GroupingDataModule(pl.LightningDataModule):
             self._datasets[split] = GroupingDataset(self.path, split, size, self.hparams.in_memory, require_groups)
         return self._datasets[split]
 
+    def batch(self, split: Split, indices: list[int]) -> dict[str, Tensor]:
+        """One batch of chosen samples of a split (``features``, ``groups`` if any, ``index``), e.g. for figures."""
+        return _collate(self.dataset(split).__getitems__(list(indices)))
+
     def setup(self, stage: str) -> None:
         splits = {"fit": ["training", "validation"], "validate": ["validation"], "test": ["test"]}.get(stage, [])
         for split in splits:
             self.dataset(split)
 
-    def _loader(self, split: Split, shuffle: bool, require_groups: bool = True) -> DataLoader:
+    def _loader(self, split: Split, require_groups: bool = True) -> DataLoader:
         dataset = self.dataset(split, require_groups)
         sampler = None
-        if not shuffle and self.trainer is not None and self.trainer.world_size > 1:
+        if self.trainer is not None and self.trainer.world_size > 1:
             # Lightning's default evaluation sampler pads ranks with duplicate samples, which would count
             # some images twice in the scores: give each rank a disjoint, unpadded share instead.
             sampler = UnrepeatedDistributedSampler(
                 dataset, num_replicas=self.trainer.world_size, rank=self.trainer.global_rank, shuffle=False
             )
-        return DataLoader(
-            dataset,
+        return DataLoader(dataset, sampler=sampler, **self._loader_options())
+
+    def _loader_options(self) -> dict[str, Any]:
+        return dict(
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            sampler=sampler,
             num_workers=self.hparams.num_workers,
             collate_fn=_collate,
             persistent_workers=self.hparams.num_workers > 0,
+            # the loaders' own generator (worker seeds): iterating them leaves the global stream to training noise
+            generator=torch.Generator().manual_seed(0),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("training", shuffle=True)
+    def train_dataloader(self) -> ResumableLoader:
+        """Shuffled per epoch from the run's seed (``seed_everything``); resumable mid-epoch."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochShuffle(self.dataset("training"), world, rank, seed=torch.initial_seed() % 2**62)
+        return ResumableLoader(
+            self.dataset("training"), sampler=sampler, progress=self._progress, **self._loader_options()
+        )
+
+    def _progress(self) -> tuple[int, float]:
+        """Training batches of the current epoch whose update is done, and the batches per epoch."""
+        if self.trainer is None:
+            return 0, float("inf")
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return done, self.trainer.num_training_batches
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", shuffle=False)
+        return self._loader("validation")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False, require_groups=False)
+        return self._loader("test", require_groups=False)

@@ -110,6 +110,7 @@ class NEMLightningModule(pl.LightningModule):
         self.val_scores = SequenceGroupingMetrics(steps, score_steps)
         self.test_scores = SequenceGroupingMetrics(steps, score_steps)
         self._compiled = None  # built on first use: a plain function, so the state dict is unchanged
+        self.test_ami_per_step: Tensor | None = None  # (T,) AMI of each EM step from the last `nem test`
 
     def setup(self, stage: str) -> None:
         # A known label bound lets the metrics score without a host synchronisation per batch.
@@ -210,10 +211,8 @@ class NEMLightningModule(pl.LightningModule):
         return groups if groups.shape[1] == 1 else groups[:, 1 : self.hparams.steps + 1]
 
     def _log_scores(self, scores: SequenceGroupingMetrics, stage: Stage) -> None:
-        values = scores.compute()
-        with scores.sync_context():  # images scored on all processes: each counted once, also under DDP
-            values["images"] = (scores.count[-1] + scores.skipped[-1]).float()
-        # values are already reduced over processes; sync_dist only silences Lightning's DDP warning
+        values = scores.compute()  # scores and the number of images scored, already reduced over processes
+        # sync_dist only silences Lightning's DDP warning
         self.log(f"{stage}/ami", values["ami"], prog_bar=True, sync_dist=True)
         scalars = {f"{stage}/{name}": v for name, v in values.items() if v.dim() == 0 and name != "ami"}
         self.log_dict(scalars, sync_dist=True)
@@ -236,13 +235,33 @@ class NEMLightningModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_scores(self.test_scores, "test")
 
+    def groupings(self, batch: dict[str, Tensor], stage: Stage = "predict") -> dict[str, Tensor]:
+        """What a figure or a prediction file shows for each sample of an evaluation batch.
+
+        The unroll draws each sample's noise and initial γ from its own stream, as ``stage`` does (``val`` for
+        validation samples, ``test``/``predict`` for test samples), and leaves the global random stream alone.
+
+        Returns:
+            ``index`` (B,); ``gammas`` (B, T, K, H, W) and ``preds`` (B, T, K, C, H, W) after each step;
+            ``targets`` and ``inputs`` (B, T, C, H, W), the clean and the corrupted frame of each step; and,
+            when the batch has them, ``groups`` (B, T or 1, H, W), the groups each step is scored against.
+        """
+        out = self(batch["features"], self._draws(batch, stage))
+        result = {
+            "index": batch["index"],
+            "gammas": out.stacked_gammas().squeeze(3),
+            "preds": out.stacked_preds(),
+            "targets": out.targets[:, :, 0],
+            "inputs": out.inputs,
+        }
+        if "groups" in batch:
+            result["groups"] = self._scored_groups(batch["groups"])
+        return result
+
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Per sample: gamma (B, T, K, H, W), predictions (B, T, K, C, H, W) and, if known, the scored groups."""
-        out = self(batch["features"], self._draws(batch, "predict"))
-        result = {"index": batch["index"], "gammas": out.stacked_gammas().squeeze(3), "preds": out.stacked_preds()}
-        if "groups" in batch:
-            result["groups"] = self._scored_groups(batch["groups"])  # (B, T or 1, H, W)
-        return result
+        shown = self.groupings(batch, "predict")
+        return {k: v for k, v in shown.items() if k not in ("targets", "inputs")}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

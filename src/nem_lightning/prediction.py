@@ -1,8 +1,7 @@
 """Write the groupings of ``nem predict`` to one HDF5 file.
 
-Example: ``nem predict --config configs/shapes.yaml --ckpt_path <checkpoint>
---trainer.callbacks+=nem_lightning.prediction.HDF5PredictionWriter
---trainer.callbacks.output=out/predictions.h5``.
+Example: ``nem predict --config configs/shapes.yaml --ckpt_path <checkpoint> --output out/predictions.h5``
+(``nem predict`` adds the writer itself, for ``--output``).
 
 The file holds one row per sample, ordered by the sample's index in the predicted split (each index once):
 
@@ -20,14 +19,12 @@ sample without such pixels has nothing to score and reads NaN. Root attributes: 
 
 The file is written once, at the end of prediction, through a temporary file in the same folder that is
 renamed over ``output``: an existing file is replaced, and a failed run leaves no partial file. With
-several processes each rank writes what it predicted to ``<stem>.rank<r><suffix>`` (no gather); a
-distributed sampler pads ranks with repeated samples, so an index may appear in two rank files.
+several processes each rank writes what it predicted to ``<stem>.rank<r><suffix>`` (no gather); each rank
+predicts its own share of the samples (no padding), so every index appears in exactly one rank file.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -40,6 +37,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from nem_lightning.errors import ConfigError
+from nem_lightning.files import atomic_path
 from nem_lightning.metrics import adjusted_mutual_info, adjusted_rand_index
 
 _OPTION = "--trainer.callbacks.output (HDF5PredictionWriter)"
@@ -144,21 +142,14 @@ class HDF5PredictionWriter(BasePredictionWriter):
 
     def _write(self, path: Path, arrays: dict[str, np.ndarray]) -> None:
         """Write every dataset to a temporary file next to ``path``, then rename it over ``path``."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # not mkstemp: its files are private (0600)
-        try:
-            with h5py.File(tmp, "w-") as f:
-                for name in ("index", "gamma", "pred", "mask", "groups", "ami", "ari"):
-                    if name in arrays:
-                        f.create_dataset(name, data=arrays[name])
-                _, T, K = arrays["gamma"].shape[:3]
-                f.attrs.update(k=K, steps=T, num_samples=len(arrays["index"]), ami_normaliser="max", ignore_group=0)
-                if self.source is not None:
-                    f.attrs["source"] = str(self.source)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, h5py.File(tmp, "w-") as f:
+            for name in ("index", "gamma", "pred", "mask", "groups", "ami", "ari"):
+                if name in arrays:
+                    f.create_dataset(name, data=arrays[name])
+            _, T, K = arrays["gamma"].shape[:3]
+            f.attrs.update(k=K, steps=T, num_samples=len(arrays["index"]), ami_normaliser="max", ignore_group=0)
+            if self.source is not None:
+                f.attrs["source"] = str(self.source)
 
 
 def _check_shapes(arrays: dict[str, np.ndarray]) -> None:
