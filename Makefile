@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test bench clean
+.PHONY: install train test quick bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,12 @@ test: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q -p no:cacheprovider
+
+# while developing: everything but the tests marked slow (multi-process, subprocess and kill tests, the GPU
+# check's reduced run, the shipped-weights scores); `make test` (CI) runs them all
+quick: install
+	$(BIN)/ruff check src tests benchmarks
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow"
 
 bench: install
 	$(BIN)/python benchmarks/bench_metrics.py

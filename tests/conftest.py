@@ -71,3 +71,33 @@ def csv_logger(save_dir, config):
 def _work_in_tmp(tmp_path, monkeypatch):
     """Run every test in its own folder, so nothing (runs/, figures/) lands in the working tree."""
     monkeypatch.chdir(tmp_path)
+
+
+def reference_test_ami(model, path, score_steps="last"):
+    """`nem test`'s AMI recomputed independently: the model's groupings of every test sample, scored with sklearn.
+
+    Per image and step: sklearn's AMI (``max`` normaliser) of argmax γ against the true groups over the pixels
+    whose group is not 0; averaged over images, then over the scored steps (the last, or all).
+    """
+    import torch
+    from pytorch_lightning.utilities import move_data_to_device
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    from nem_lightning.data import GroupingDataModule
+
+    dm = GroupingDataModule(path)
+    batch = dm.batch("test", list(range(len(dm.dataset("test")))))
+    model.eval()
+    with torch.no_grad():
+        shown = model.groupings(move_data_to_device(batch, model.device), "test")
+    masks, groups = shown["gammas"].float().argmax(2).cpu().numpy(), shown["groups"].cpu().numpy()
+    steps = range(masks.shape[1]) if score_steps == "all" else [masks.shape[1] - 1]
+    per_step = []
+    for t in steps:
+        scores = []
+        for b in range(masks.shape[0]):
+            truth = groups[b, min(t, groups.shape[1] - 1)]
+            keep = truth > 0
+            scores.append(adjusted_mutual_info_score(truth[keep], masks[b, t][keep], average_method="max"))
+        per_step.append(np.mean(scores))
+    return float(np.mean(per_step))

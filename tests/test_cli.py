@@ -12,7 +12,7 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import Callback
 
-from conftest import csv_logger
+from conftest import csv_logger, reference_test_ami
 from nem_lightning.cli import run
 from nem_lightning.module import NEMLightningModule
 
@@ -143,7 +143,8 @@ def test_test_reads_a_file_from_another_tool(trained, foreign_shapes_file):
             "false",
         ]
     )
-    assert "test/ami" in cli.trainer.callback_metrics
+    expected = reference_test_ami(cli.model, foreign_shapes_file)
+    assert float(cli.trainer.callback_metrics["test/ami"]) == pytest.approx(expected, abs=1e-6)
     assert cli.model.test_scores.num_labels is None  # no `objects` attribute: the bound is read per batch
 
 
@@ -234,6 +235,7 @@ def test_impossible_config_is_one_line(shapes_file, capsys):
     assert "model.m_step=n_em" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_shipped_loggers_run_offline_and_runs_never_collide(shapes_file, tmp_path):
     """The configs' CSV + W&B loggers work with WANDB_MODE=offline; two runs in one folder keep their own config."""
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
@@ -334,6 +336,7 @@ def test_test_plots_ami_per_step(trained, shapes_file, tmp_path):
     assert (tmp_path / "shapes" / "version_0" / "figures" / "test_ami_per_step.png").is_file()
 
 
+@pytest.mark.slow
 def test_fit_with_compile_trains_through_the_compiled_unroll(shapes_file, tmp_path):
     """`--model.compile true` (the shapes configs' setting) fits end to end through torch.compile."""
     import torch

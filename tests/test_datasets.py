@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import signal
 import struct
 from pathlib import Path
 
@@ -319,7 +320,9 @@ def test_cli_writes_a_file_and_refuses_to_overwrite_without_force(
     out = tmp_path / "data" / "fs.h5"
     sizes = ["--train", "4", "--val", "2", "--test", "2"]
     args = ["flying-shapes", "--objects", "4", "--frames", "6", *sizes, "--no-progress", "--out", str(out)]
+    before = signal.getsignal(signal.SIGTERM)
     main(args)
+    assert signal.getsignal(signal.SIGTERM) is before  # in-process use leaves the caller's SIGTERM handler
     with h5py.File(out, "r") as f:
         assert f.attrs["name"] == "flying_shapes_4" and f["test"]["features"].shape == (6, 2, 28, 28, 1)
     assert "wrote flying_shapes_4" in capsys.readouterr().out
@@ -377,6 +380,7 @@ def test_nem_data_refuses_a_directory_before_generating(tmp_path, capsys, monkey
     assert info.value.code == 2 and "is a directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigterm_during_generation_leaves_no_file(tmp_path):
     """A terminated nem-data exits 143 and leaves neither the output nor a hidden temporary file."""
     import signal

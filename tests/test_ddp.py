@@ -13,6 +13,8 @@ from conftest import csv_logger
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 NEM = str(Path(sys.executable).with_name("nem"))
 
+pytestmark = pytest.mark.slow  # several processes each: run by make test, left out of make quick
+
 
 def _run(args, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 import nem_lightning
-from conftest import csv_logger, write_official_layout
+from conftest import csv_logger, reference_test_ami, write_official_layout
 from nem_lightning.cli import run
 from nem_lightning.generators import generate_dataset
 
@@ -186,10 +186,20 @@ def test_sequences_written_by_another_tool_are_read_unchanged(flying_checkpoint,
     )
     cli = run(
         _args(
-            "test", "flying_shapes.yaml", path, "unused", "--ckpt_path", flying_checkpoint, "--trainer.logger", "false"
+            "test",
+            "flying_shapes.yaml",
+            path,
+            "unused",
+            "--ckpt_path",
+            flying_checkpoint,
+            "--trainer.logger",
+            "false",
+            "--trainer.precision",
+            "32-true",
         )
     )
-    assert "test/ami" in cli.trainer.callback_metrics
+    expected = reference_test_ami(cli.model, path, score_steps="all")
+    assert float(cli.trainer.callback_metrics["test/ami"]) == pytest.approx(expected, abs=1e-6)
 
 
 def test_weights_from_starts_a_new_stage_from_a_checkpoint(flying_checkpoint, tiny_files, tmp_path):

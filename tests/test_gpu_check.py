@@ -4,11 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
 
+@pytest.mark.slow
 def test_gpu_check_reduced_mode_trains_scores_and_summarises(tmp_path):
     """Data, benchmark, a few flying-shapes updates, `nem test` and a summary with weights-only checkpoint."""
     out = tmp_path / "results"

@@ -86,6 +86,7 @@ def test_the_training_loader_saves_seed_epoch_and_consumed_samples(shapes_file):
     assert resumed == list(expected)[48:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "stop_at, workers", [(3, 0), (4, 0), (3, 1)], ids=["mid-epoch", "epoch-end", "mid-epoch-worker"]
 )
@@ -118,6 +119,7 @@ class Pause(Callback):
         time.sleep(0.15)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_then_resume_ends_as_the_uninterrupted_run(shapes_file, tmp_path):
     """A process killed with SIGKILL loses only what came after its last checkpoint; the resumed run is exact."""
 
@@ -156,6 +158,7 @@ def test_kill_9_mid_epoch_then_resume_ends_as_the_uninterrupted_run(shapes_file,
     _assert_same_weights(_weights(resumed), _weights(reference))
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_wandb_run(shapes_file, tmp_path, monkeypatch):
     """The checkpoint carries the W&B run id; `nem fit --ckpt_path` logs into that run again."""
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -12,13 +12,17 @@ from nem_lightning.generators import generate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 # file -> (config, dataset, test AMI floor on 64 fresh sequences); the README lists the full test scores
-SHIPPED = {"flying_shapes.ckpt": ("flying_shapes.yaml", "flying_shapes_3", 0.70)}
+SHIPPED = {
+    "flying_shapes.ckpt": ("flying_shapes.yaml", "flying_shapes_3", 0.70),
+    "shapes.ckpt": ("shapes.yaml", "shapes", 0.60),
+}
 
 
 def test_weights_folder_holds_exactly_the_listed_files():
     assert sorted(p.name for p in (ROOT / "weights").glob("*.ckpt")) == sorted(SHIPPED)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_weights_score_above_their_floor(name, tmp_path):
     """`nem test` with the shipped file on freshly generated data (another seed) clears the floor; predict works."""

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from pytorch_lightning.utilities import move_data_to_device
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from nem_lightning import figures
@@ -120,7 +121,7 @@ class GroupingFigures(Callback):
         samples = [i for i in self.samples if 0 <= i < size]
         if not samples:
             return
-        batch = {k: v.to(pl_module.device) for k, v in trainer.datamodule.batch("validation", samples).items()}
+        batch = move_data_to_device(trainer.datamodule.batch("validation", samples), pl_module.device)
         with torch.no_grad():
             shown = {k: v.cpu() for k, v in pl_module.groupings(batch, "val").items()}
         gammas, preds = shown["gammas"].float(), shown["preds"][:, :, :, 0].float()  # (B, T, K, H, W), 1st channel

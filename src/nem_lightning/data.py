@@ -149,11 +149,18 @@ class GroupingDataset(Dataset):
         return {k: v[0] for k, v in self.__getitems__([index])[0].items()}
 
 
-def _collate(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Batches come whole from ``__getitems__``; single items are stacked."""
+def _collate(items: list[dict[str, Tensor]]) -> dict[str, Any]:
+    """Batches come whole from ``__getitems__``; single items are stacked.
+
+    ``draw_index`` repeats the sample indices as host ints: evaluation keys each sample's random stream by its
+    index, and reading them from the device copy would synchronise with the device once per batch.
+    """
     if len(items) == 1 and items[0]["features"].dim() == 5:
-        return items[0]
-    return {k: torch.stack([item[k] for item in items]) for k in items[0]}
+        batch = dict(items[0])
+    else:
+        batch = {k: torch.stack([item[k] for item in items]) for k in items[0]}
+    batch["draw_index"] = batch["index"].tolist()
+    return batch
 
 
 class EpochShuffle(DistributedSampler):

@@ -191,11 +191,6 @@ class NEMLightningModule(pl.LightningModule):
             scores.update(out.stacked_gammas().squeeze(3), self._scored_groups(batch["groups"]))
         return loss.total
 
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if isinstance(batch, dict) and "index" in batch:  # sample indices as host ints: no sync after the transfer
-            batch["draw_index"] = batch["index"].tolist()
-        return batch
-
     def _draws(self, batch: dict[str, Any], stage: Stage) -> SampleDraws | None:
         """Per-sample random streams for evaluation (predict reads the test split, so it draws as test does)."""
         indices = batch.get("draw_index")

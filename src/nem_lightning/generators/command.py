@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--variations applies to 2 digits only (the medium datasets have 2 digits)")
     name = _dataset_name(args)
     out: Path = args.out or Path("data") / f"{name}.h5"
-    signal.signal(signal.SIGTERM, _terminated)  # clean up the temporary file as on Ctrl-C
+    previous = signal.signal(signal.SIGTERM, _terminated)  # clean up the temporary file as on Ctrl-C
     try:
         if out.is_dir():
             raise DataError(f"{out} is a directory; name the .h5 file to write")
@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print(f"nem-data: interrupted; nothing written to {out}", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # called from Python, the caller's handler is back afterwards
     print(f"nem-data: wrote {name} (seed {args.seed}, sizes {args.train}/{args.val}/{args.test}) to {out}")
 
 
