@@ -3,8 +3,10 @@
 A file holds groups ``training``, ``validation`` and ``test``, each with ``features`` and ``groups``
 shaped (T, N, H, W, C) -- time first, then sample. Static data has T = 1. ``groups`` holds 0 for
 background and overlaps, 1..n for objects. Extra datasets (``overlaps``, ``masks``, ``collisions``)
-are tolerated and ignored. Batches are dicts of ``features`` (B, T, C, H, W) float32 and ``groups``
-(B, T, H, W) int64.
+are tolerated and ignored. Batches are dicts of ``features`` (B, T, C, H, W) float32, ``groups``
+(B, T, H, W) int64, ``index`` (B,) the samples' indices in the split, and ``draw_index``, the same as ints.
+Training batches come in an order drawn from (seed, epoch) that a resumed run continues (``EpochShuffle``,
+``ResumableLoader``).
 """
 
 from __future__ import annotations
