@@ -4,6 +4,7 @@ Same batches in the same order, same random draws, same final weights, same run 
 ``kill -9``, which gives the process no chance to write anything beyond the last checkpoint.
 """
 
+import csv
 import os
 import signal
 import subprocess
@@ -110,6 +111,19 @@ def test_interrupted_and_resumed_equals_uninterrupted(stop_at, workers, shapes_f
     assert resumed.trainer.global_step == 8
     assert BATCHES == expected_batches  # same samples, same order, none repeated or skipped
     _assert_same_weights(_weights(resumed), expected_weights)
+    # metrics.csv keeps the rows from before the interruption: every row is one the uninterrupted run logged,
+    # once; missing are only what the interruption cut (the stopped update's loss, logged after the hook that
+    # stopped it, and at an epoch's end the validation that a resumed run skips)
+    for key in ("train/loss", "val/loss", "val/ami"):
+        part, whole = _logged(tmp_path / "parts", key), _logged(tmp_path / "whole", key)
+        assert len(part) == len(set(part)) and set(part) <= set(whole), key
+        assert {step for step, _ in set(whole) - set(part)} <= {str(stop_at - 1), str(stop_at)}, key
+    assert len(_logged(tmp_path / "parts", "train/loss")) >= 7  # of 8: rows from before the interruption stay
+
+
+def _logged(out, key):
+    with open(out / "shapes" / "version_0" / "metrics.csv", newline="") as file:
+        return [(row["step"], row[key]) for row in csv.DictReader(file) if row.get(key)]
 
 
 class Pause(Callback):
@@ -156,6 +170,11 @@ def test_kill_9_mid_epoch_then_resume_ends_as_the_uninterrupted_run(shapes_file,
     assert resumed.trainer.global_step == 18
     assert [p.name for p in (tmp_path / "shapes").iterdir()] == ["version_0"]  # the same run folder
     _assert_same_weights(_weights(resumed), _weights(reference))
+    # metrics.csv: the rows the checkpoint covers were on disk (flushed with it) and stay; later ones are logged
+    # again; at most the loss of the update the checkpoint was written after (logged after that hook) is missing
+    part, whole = _logged(tmp_path, "train/loss"), _logged(tmp_path / "reference", "train/loss")
+    assert len(part) == len(set(part)) and set(part) <= set(whole)
+    assert {step for step, _ in set(whole) - set(part)} <= {str(saved - 1)}
 
 
 @pytest.mark.slow

@@ -38,6 +38,8 @@ class CheckpointOnInterrupt(Callback):
 class ResumeState(Callback):
     """Save what an exact resume needs beyond Lightning's own state: the random streams and the W&B run id.
 
+    It also flushes the loggers whenever a checkpoint is written.
+
     Training draws its noise and initial γ from the global torch streams (CPU, and CUDA when used); restoring
     them with the weights, optimizer and data order (``ResumableLoader``) makes a resumed run continue exactly
     as the interrupted one would have. Under DDP every process starts from the same seed and draws the same
@@ -48,6 +50,8 @@ class ResumeState(Callback):
     KEY = "nem_resume"
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        for logger in trainer.loggers:  # metrics logged so far reach the disk with the checkpoint (CSV: every
+            logger.save()  # 100 steps otherwise), so a killed run loses none of the rows its checkpoint covers
         state = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state()

@@ -10,6 +10,7 @@ the project's own errors into one readable line.
 
 from __future__ import annotations
 
+import csv
 import inspect
 import os
 import shutil
@@ -22,12 +23,14 @@ import torch
 from pytorch_lightning import Trainer
 from pytorch_lightning.callbacks import Callback, ProgressBar, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from nem_lightning.callbacks import EpochLog, ResumeState, wandb_run_id
 from nem_lightning.data import GroupingDataModule
 from nem_lightning.errors import ConfigError, NEMError
+from nem_lightning.files import atomic_path
 from nem_lightning.module import NEMLightningModule
 from nem_lightning.prediction import HDF5PredictionWriter
 
@@ -117,9 +120,10 @@ class NEMCLI(LightningCLI):
         config = self.config[self.subcommand]
         name_loggers(config.trainer.logger, run_name(config))
         self._versioned: list[Any] = []
-        if self.subcommand == "fit" and reserve_run_folders(
+        self._resumed = self.subcommand == "fit" and reserve_run_folders(
             self.config.fit.trainer.logger, self.config.fit.ckpt_path, self._versioned
-        ):
+        )
+        if self._resumed:
             self.save_config_kwargs["overwrite"] = True  # resumed in its own folder: config.yaml is rewritten
         if self.subcommand == "fit" and self.config.fit.get("ckpt_path"):
             continue_wandb_run(self.config.fit.trainer.logger, self.config.fit.ckpt_path)
@@ -137,6 +141,11 @@ class NEMCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         for item in self._versioned:  # the loggers have their folders; the saved config.yaml, run again, gets new ones
             item.init_args.version = None
+        if self._resumed:
+            step = int(read_checkpoint(self.config.fit.ckpt_path).get("global_step", 0))
+            for logger in self.trainer.loggers:
+                if isinstance(logger, CSVLogger):
+                    keep_metrics_history(logger, step)
         if self.subcommand == "predict":
             output = self.config.predict.output
             check_writable(output)
@@ -246,6 +255,32 @@ def reserve_run_folders(loggers: Any, ckpt_path: str | None, versioned: list[Any
     return resumed
 
 
+def keep_metrics_history(logger: CSVLogger, step: int) -> None:
+    """Keep a resumed run's ``metrics.csv`` rows up to its checkpoint (Lightning's CSV logger would delete them).
+
+    Rows logged after the checkpoint (training steps from ``step`` on) are dropped: the resumed run logs them
+    again. Validation rows at ``step`` came before the checkpoint and stay.
+    """
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        header, rows = list(reader.fieldnames or []), list(reader)
+
+    def before(row: dict[str, str]) -> bool:
+        logged = int(float(row.get("step") or 0))
+        training = any(row.get(key) for key in header if key.startswith("train/"))
+        return logged < step or (logged == step and not training)
+
+    writer = logger.experiment  # created now: it deletes metrics.csv, whose rows are in memory
+    with atomic_path(path) as partial, open(partial, "w", newline="") as file:
+        table = csv.DictWriter(file, fieldnames=header)
+        table.writeheader()
+        table.writerows(row for row in rows if before(row))
+    writer.metrics_keys = sorted(header)  # so the next rows append under the same columns
+
+
 def continue_wandb_run(loggers: Any, ckpt_path: str) -> None:
     """Point each W&B logger without an id at the run the checkpoint belongs to, so a resumed run goes on in it."""
     if not Path(ckpt_path).is_file():
@@ -350,8 +385,6 @@ def save_weights_only(source: str, target: str) -> None:
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line message
         raise ConfigError(f"{source!r} could not be read as a training checkpoint ({err})") from None
     state.update(epoch=full.get("epoch", 0), global_step=full.get("global_step", 0), loops=None)
-    from nem_lightning.files import atomic_path
-
     with atomic_path(target) as tmp:
         torch.save(state, tmp)
 
