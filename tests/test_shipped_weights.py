@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {
     "flying_shapes.ckpt": ("flying_shapes.yaml", "flying_shapes_3", 0.70),
     "shapes.ckpt": ("shapes.yaml", "shapes", 0.60),
+    "shapes_nem.ckpt": ("shapes_nem.yaml", "shapes", 0.45),
 }
 
 
