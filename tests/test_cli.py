@@ -41,6 +41,12 @@ def _fit_args(config, data_path, out, *extra):
     ]
 
 
+def _test_args(data_path, ckpt, *extra):
+    """`nem test` of a checkpoint under configs/shapes.yaml on one file, without a logger."""
+    common = ["--config", str(CONFIGS / "shapes.yaml"), "--data.path", data_path, "--ckpt_path", ckpt]
+    return ["test", *common, "--trainer.logger", "false", *extra]
+
+
 def _checkpoints(out, name):
     return sorted((Path(out) / name).glob("version_*/checkpoints/*.ckpt"))
 
@@ -108,17 +114,7 @@ def test_scoring_without_a_checkpoint_is_refused(subcommand, shapes_file, capsys
 def test_test_prints_ami_ari_and_confidence_and_is_deterministic(trained, shapes_file, capsys):
     """`nem test --ckpt_path` reports test AMI, last-step ARI and confidence; the same seed repeats them."""
     out, ckpt = trained
-    args = [
-        "test",
-        "--config",
-        str(CONFIGS / "shapes.yaml"),
-        "--data.path",
-        shapes_file,
-        "--ckpt_path",
-        ckpt,
-        "--trainer.logger",
-        "false",
-    ]
+    args = _test_args(shapes_file, ckpt)
     first = run(args).trainer.callback_metrics
     printed = capsys.readouterr().out
     assert all(name in printed for name in ("test/ami", "test/ari_last", "test/confidence"))
@@ -130,19 +126,7 @@ def test_test_prints_ami_ari_and_confidence_and_is_deterministic(trained, shapes
 def test_test_reads_a_file_from_another_tool(trained, foreign_shapes_file):
     """A static file in the official layout written by plain h5py scores without conversion."""
     _, ckpt = trained
-    cli = run(
-        [
-            "test",
-            "--config",
-            str(CONFIGS / "shapes.yaml"),
-            "--data.path",
-            foreign_shapes_file,
-            "--ckpt_path",
-            ckpt,
-            "--trainer.logger",
-            "false",
-        ]
-    )
+    cli = run(_test_args(foreign_shapes_file, ckpt))
     expected = reference_test_ami(cli.model, foreign_shapes_file)
     assert float(cli.trainer.callback_metrics["test/ami"]) == pytest.approx(expected, abs=1e-6)
     assert cli.model.test_scores.num_labels is None  # no `objects` attribute: the bound is read per batch
@@ -151,19 +135,7 @@ def test_test_reads_a_file_from_another_tool(trained, foreign_shapes_file):
 def test_generated_files_give_the_metrics_a_static_label_bound(trained, shapes_file):
     """Our files record their objects, so scoring knows labels lie in 0..3 and needs no per-batch sync."""
     _, ckpt = trained
-    cli = run(
-        [
-            "test",
-            "--config",
-            str(CONFIGS / "shapes.yaml"),
-            "--data.path",
-            shapes_file,
-            "--ckpt_path",
-            ckpt,
-            "--trainer.logger",
-            "false",
-        ]
-    )
+    cli = run(_test_args(shapes_file, ckpt))
     assert cli.model.test_scores.num_labels == 4 and cli.model.val_scores.num_labels == 4
     assert torch.isfinite(cli.trainer.callback_metrics["test/ami"])
 
@@ -526,21 +498,7 @@ def test_test_scores_do_not_depend_on_batch_size(trained, shapes_file):
     scores = []
     for batch in ("5", "48", "5"):
         torch.manual_seed(int(batch))  # the global stream must not matter either
-        cli = run(
-            [
-                "test",
-                "--config",
-                str(CONFIGS / "shapes.yaml"),
-                "--data.path",
-                shapes_file,
-                "--ckpt_path",
-                ckpt,
-                "--data.batch_size",
-                batch,
-                "--trainer.logger",
-                "false",
-            ]
-        )
+        cli = run(_test_args(shapes_file, ckpt, "--data.batch_size", batch))
         scores.append({k: float(v) for k, v in cli.trainer.callback_metrics.items()})
     for other in scores[1:]:
         for name in ("test/ami", "test/ari", "test/confidence"):

@@ -91,8 +91,10 @@ class NEMCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
         asked = {}
+        self._checkpoint: dict[str, Any] = {}  # read once; the run policy below takes what it needs from it
         if ckpt and Path(ckpt).is_file():
-            trained = checkpoint_hparams(ckpt)
+            self._checkpoint = read_checkpoint(ckpt)
+            trained = dict(self._checkpoint.get("hyper_parameters") or {})
             asked = {name: self.config[subcommand].model.get(name) for name in (*ARCHITECTURE_OPTIONS, "k", "steps")}
             check_architecture(ckpt, asked, trained)
         super()._parse_ckpt_path()
@@ -125,8 +127,8 @@ class NEMCLI(LightningCLI):
         )
         if self._resumed:
             self.save_config_kwargs["overwrite"] = True  # resumed in its own folder: config.yaml is rewritten
-        if self.subcommand == "fit" and self.config.fit.get("ckpt_path"):
-            continue_wandb_run(self.config.fit.trainer.logger, self.config.fit.ckpt_path)
+        if self.subcommand == "fit":
+            continue_wandb_run(self.config.fit.trainer.logger, wandb_run_id(self._checkpoint))
         # Lightning would score random weights and exit 0 without a checkpoint (and `--ckpt_path last`
         # in a fresh process only warns): refuse instead.
         if self.subcommand in NEEDS_CHECKPOINT:
@@ -142,7 +144,7 @@ class NEMCLI(LightningCLI):
         for item in self._versioned:  # the loggers have their folders; the saved config.yaml, run again, gets new ones
             item.init_args.version = None
         if self._resumed:
-            step = int(read_checkpoint(self.config.fit.ckpt_path).get("global_step", 0))
+            step = int(self._checkpoint.get("global_step", 0))
             for logger in self.trainer.loggers:
                 if isinstance(logger, CSVLogger):
                     keep_metrics_history(logger, step)
@@ -281,16 +283,18 @@ def keep_metrics_history(logger: CSVLogger, step: int) -> None:
     writer.metrics_keys = sorted(header)  # so the next rows append under the same columns
 
 
-def continue_wandb_run(loggers: Any, ckpt_path: str) -> None:
-    """Point each W&B logger without an id at the run the checkpoint belongs to, so a resumed run goes on in it."""
-    if not Path(ckpt_path).is_file():
-        return  # Lightning's own message (e.g. for `last`/`hpc`) stands
-    run_id = wandb_run_id(read_checkpoint(ckpt_path))
+def continue_wandb_run(loggers: Any, run_id: str | None) -> None:
+    """Point each W&B logger without an id or version at ``run_id`` (a resumed checkpoint's run), if any."""
+    if not run_id:
+        return
     for item in loggers if isinstance(loggers, list) else [loggers]:
         args = getattr(item, "init_args", None)
-        if run_id and str(getattr(item, "class_path", "")).endswith("WandbLogger") and not args.get("id"):
-            if not args.get("version"):
-                args.id = run_id
+        if (
+            str(getattr(item, "class_path", "")).endswith("WandbLogger")
+            and not args.get("id")
+            and not args.get("version")
+        ):
+            args.id = run_id
 
 
 def discard_unused_run_folders() -> None:
@@ -317,11 +321,6 @@ def read_checkpoint(path: str, option: str = "--ckpt_path") -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise NEMError(f"{option} {path!r} is not a Lightning checkpoint (it holds no state_dict)")
     return ckpt
-
-
-def checkpoint_hparams(path: str) -> dict[str, Any]:
-    """The model options stored in a checkpoint; NEMError naming the file if it is not a readable checkpoint."""
-    return dict(read_checkpoint(path).get("hyper_parameters") or {})
 
 
 def check_architecture(path: str, asked: dict[str, Any], trained: dict[str, Any]) -> None:
