@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_static, write_official_layout
+from helpers import random_static, write_official_layout
 from nem_lightning.data import GroupingDataModule, GroupingDataset
 from nem_lightning.errors import DataError
 

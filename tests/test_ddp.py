@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import csv_logger
+from helpers import CONFIGS, WEIGHTS, csv_logger, fit_args
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 NEM = str(Path(sys.executable).with_name("nem"))
 
 pytestmark = pytest.mark.slow  # several processes each: run by make test, left out of make quick
@@ -35,28 +34,18 @@ def ddp_fit(shapes_file, tmp_path_factory):
     """A 2-process DDP fit of 2 epochs x 2 batches per process on the tiny shapes file."""
     out = tmp_path_factory.mktemp("ddp")
     _run(
-        [
-            "fit",
-            "--config",
-            str(CONFIGS / "shapes.yaml"),
-            "--config",
-            str(CONFIGS / "debug.yaml"),
+        fit_args(
+            "shapes.yaml",
+            shapes_file,
+            out,
             "--config",
             str(CONFIGS / "trainer" / "ddp.yaml"),
             "--trainer.accelerator",
             "cpu",
             "--trainer.limit_train_batches",
             "2",
-            "--data.path",
-            shapes_file,
-            "--data.batch_size",
-            "8",
-            "--model.steps",
-            "3",
-            *csv_logger(out, "shapes.yaml"),
-            "--trainer.enable_progress_bar",
-            "false",
-        ],
+            batch_size=8,
+        ),
         out,
     )
     return out
@@ -70,9 +59,12 @@ def test_ddp_fit_trains_and_checkpoints(ddp_fit):
     assert torch.load(last, weights_only=False)["global_step"] == 4
 
 
-def test_ddp_test_scores_each_image_once(ddp_fit, shapes_file, tmp_path):
-    """Testing 13 images on 2 processes scores exactly 13 (no padding duplicates), as 1 process does."""
-    last = str(next(ddp_fit.glob("shapes/version_0/checkpoints/last.ckpt")))
+def test_ddp_test_scores_and_losses_equal_one_process(shapes_file, tmp_path):
+    """13 images on 2 processes (7 + 6, batch 4): each image scored once, and scores *and losses* as 1 process.
+
+    Losses are means over samples reduced as sums and counts, so the uneven split weighs no process more. Scored
+    with the shipped, trained weights, whose γ decides (an untrained model's near-ties follow float rounding).
+    """
     common = [
         "test",
         "--config",
@@ -84,7 +76,7 @@ def test_ddp_test_scores_each_image_once(ddp_fit, shapes_file, tmp_path):
         "--data.test_size",
         "13",
         "--ckpt_path",
-        last,
+        str(WEIGHTS / "shapes.ckpt"),
         "--trainer.accelerator",
         "cpu",
         "--trainer.enable_progress_bar",
@@ -96,9 +88,10 @@ def test_ddp_test_scores_each_image_once(ddp_fit, shapes_file, tmp_path):
     _run([*common, *csv_logger(tmp_path / "one", "shapes")], tmp_path)
     two, one = _last_metrics(tmp_path / "two"), _last_metrics(tmp_path / "one")
     assert two["test/images"] == one["test/images"] == 13
-    # each sample's noise and initial gamma come from its own stream: the split across processes changes nothing
     for name in ("test/ami", "test/ari", "test/confidence"):
         assert abs(two[name] - one[name]) < 1e-6, name
+    for name in ("test/loss", "test/intra", "test/inter", "test/upper_bound"):
+        assert two[name] == pytest.approx(one[name], rel=1e-5), name
 
 
 def test_two_nodes_under_torchrun(shapes_file, tmp_path):

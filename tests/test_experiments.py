@@ -8,11 +8,10 @@ import torch
 import yaml
 
 import nem_lightning
-from conftest import csv_logger, reference_test_ami, write_official_layout
+from helpers import CONFIGS, fit_args, reference_test_ami, write_official_layout
 from nem_lightning.cli import run
 from nem_lightning.generators import generate_dataset
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name != "debug.yaml")
 FRAMES = 6  # tiny sequences: 3 EM steps need 4 frames; the rest shows longer files are fine
 
@@ -33,25 +32,8 @@ def tiny_files(tmp_path_factory):
 
 
 def _args(subcommand, config, data_path, out, *extra):
-    return [
-        subcommand,
-        "--config",
-        str(CONFIGS / config),
-        "--config",
-        str(CONFIGS / "debug.yaml"),
-        "--data.path",
-        data_path,
-        "--data.batch_size",
-        "8",
-        "--data.num_workers",
-        "0",
-        *csv_logger(out, config),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        *extra,
-    ]
+    """`nem <subcommand>` of a shipped config on a tiny file: batch 8, no loader workers."""
+    return [subcommand, *fit_args(config, data_path, out, *extra, batch_size=8, steps=None, workers=0)[1:]]
 
 
 @pytest.mark.parametrize("config", EXPERIMENTS)
@@ -157,7 +139,7 @@ def test_without_overrides_the_checkpoint_options_hold(flying_checkpoint, tiny_f
 
 
 def test_too_many_steps_for_the_sequences_is_one_clear_error(flying_checkpoint, tiny_files, capsys):
-    """Asking for more EM steps than the file's frames allow names model.steps and the frame count."""
+    """Asking for more EM steps than the file's frames allow names the file, --eval.steps and the frame count."""
     with pytest.raises(SystemExit) as info:
         run(
             _args(
@@ -174,7 +156,8 @@ def test_too_many_steps_for_the_sequences_is_one_clear_error(flying_checkpoint, 
             )
         )
     assert info.value.code == 2
-    assert f"sequences have {FRAMES} frames; model.steps=9 needs at least 10" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"flying_shapes_3.h5: the test sequences have {FRAMES} frames, but --eval.steps 9 needs at least 10" in err
 
 
 def test_sequences_written_by_another_tool_are_read_unchanged(flying_checkpoint, tmp_path):

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pytest
 import torch
 
@@ -26,6 +27,8 @@ def test_gpu_check_reduced_mode_trains_scores_and_summarises(tmp_path):
     weights = torch.load(out / "flying_shapes_flagship.ckpt", map_location="cpu", weights_only=False)
     assert "optimizer_states" not in weights and weights["hyper_parameters"]["architecture"] == "flying_shapes"
     assert (out / "metrics_flagship.csv").is_file() and (out / "figure_flagship.png").is_file()
+    with h5py.File(out / "data" / "flying_shapes_3_speed1.h5", "r") as f:
+        assert f.attrs["max_speed"] == 1  # the original's 1 px per frame, not the generator's default
 
 
 def test_gpu_check_refuses_a_folder_with_results(tmp_path):

@@ -16,8 +16,8 @@ import pytest
 import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import WandbLogger
-from test_cli import _fit_args
 
+from helpers import fit_args
 from nem_lightning.callbacks import ResumeState
 from nem_lightning.cli import run
 from nem_lightning.data import EpochShuffle, GroupingDataModule, ResumableLoader
@@ -95,13 +95,13 @@ def test_interrupted_and_resumed_equals_uninterrupted(stop_at, workers, shapes_f
     """Fixed seed on CPU: stop after `stop_at` updates, resume from last.ckpt; batches and weights are identical."""
     BATCHES.clear()
     loader = ["--data.num_workers", str(workers), "--data.in_memory", str(workers == 0).lower()]
-    whole = run(_fit_args("shapes.yaml", shapes_file, tmp_path / "whole", f"--trainer.callbacks+={RECORD}", *loader))
+    whole = run(fit_args("shapes.yaml", shapes_file, tmp_path / "whole", f"--trainer.callbacks+={RECORD}", *loader))
     expected_batches, expected_weights = list(BATCHES), _weights(whole)
     assert whole.trainer.global_step == 8
 
     BATCHES.clear()
     stop = f'{{"class_path": "test_cli.StopAt", "init_args": {{"step": {stop_at}}}}}'
-    args = _fit_args("shapes.yaml", shapes_file, tmp_path / "parts", f"--trainer.callbacks+={RECORD}", *loader)
+    args = fit_args("shapes.yaml", shapes_file, tmp_path / "parts", f"--trainer.callbacks+={RECORD}", *loader)
     with pytest.raises(SystemExit):
         run([*args, f"--trainer.callbacks+={stop}"])
     last = tmp_path / "parts" / "shapes" / "version_0" / "checkpoints" / "last.ckpt"
@@ -140,7 +140,7 @@ def test_kill_9_mid_epoch_then_resume_ends_as_the_uninterrupted_run(shapes_file,
     def args(out):
         callbacks = [f"--trainer.callbacks+={EVERY_STEP}", '--trainer.callbacks+={"class_path": "test_resume.Pause"}']
         extra = ["--trainer.max_epochs", "3", "--trainer.limit_train_batches", "6"]
-        return _fit_args("shapes.yaml", shapes_file, out, *callbacks, *extra)
+        return fit_args("shapes.yaml", shapes_file, out, *callbacks, *extra)
 
     reference = run(args(tmp_path / "reference"))
     assert reference.trainer.global_step == 18
@@ -183,7 +183,7 @@ def test_resume_continues_the_same_wandb_run(shapes_file, tmp_path, monkeypatch)
     monkeypatch.setenv("WANDB_MODE", "offline")
     wandb = '{"class_path": "pytorch_lightning.loggers.WandbLogger", "init_args": {"save_dir": "wb", "project": "p"}}'
     stop = '{"class_path": "test_cli.StopAt", "init_args": {"step": 2}}'
-    args = _fit_args("shapes.yaml", shapes_file, tmp_path, "--trainer.logger+=" + wandb)
+    args = fit_args("shapes.yaml", shapes_file, tmp_path, "--trainer.logger+=" + wandb)
     with pytest.raises(SystemExit):
         run([*args, f"--trainer.callbacks+={stop}"])
     last = tmp_path / "shapes" / "version_0" / "checkpoints" / "last.ckpt"
@@ -198,7 +198,7 @@ def test_resume_continues_the_same_wandb_run(shapes_file, tmp_path, monkeypatch)
 def test_resume_restores_the_random_streams_of_training(shapes_file, tmp_path):
     """The checkpoint holds the global torch stream as it was after the last update, and resuming restores it."""
     stop = '{"class_path": "test_cli.StopAt", "init_args": {"step": 2}}'
-    args = _fit_args("shapes.yaml", shapes_file, tmp_path)
+    args = fit_args("shapes.yaml", shapes_file, tmp_path)
     with pytest.raises(SystemExit):
         run([*args, f"--trainer.callbacks+={stop}"])
     saved = torch.load(tmp_path / "shapes" / "version_0" / "checkpoints" / "last.ckpt", weights_only=False)

@@ -6,7 +6,9 @@ import h5py
 import pytest
 import torch
 
-from nem_lightning.cli import run, save_weights_only
+from nem_lightning.checkpoints import main as export_main
+from nem_lightning.checkpoints import save_weights_only
+from nem_lightning.cli import run
 from nem_lightning.errors import ConfigError
 from nem_lightning.generators import generate_dataset
 
@@ -78,4 +80,36 @@ def test_weights_only_export_drops_the_optimizer_and_refuses_other_files(tmp_pat
     (tmp_path / "text.ckpt").write_text("not a checkpoint")
     with pytest.raises(ConfigError, match="text.ckpt' could not be read as a training checkpoint"):
         save_weights_only(str(tmp_path / "text.ckpt"), str(tmp_path / "x.ckpt"))
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_nem_export_writes_half_precision_weights_that_load(tmp_path, capsys):
+    """`nem-export --half` stores float16 weights at about half the size; they load into the float32 model."""
+    from nem_lightning.module import NEMLightningModule
+
+    model = NEMLightningModule(k=2, steps=2)
+    source = tmp_path / "full.ckpt"
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": "2.6",
+            "optimizer_states": [{}],
+            "loops": {"fit_loop": {}},
+        },
+        source,
+    )
+    export_main([str(source), str(tmp_path / "w32.ckpt")])
+    export_main([str(source), str(tmp_path / "w16.ckpt"), "--half"])
+    assert "wrote the weights" in capsys.readouterr().out
+    half = torch.load(tmp_path / "w16.ckpt", weights_only=True)["state_dict"]
+    assert all(v.dtype == torch.float16 for v in half.values() if v.is_floating_point())
+    assert (tmp_path / "w16.ckpt").stat().st_size < 0.6 * (tmp_path / "w32.ckpt").stat().st_size
+    fresh = NEMLightningModule(k=2, steps=2)
+    fresh.load_state_dict(half)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[name], value, atol=1e-3, rtol=1e-3)
+    with pytest.raises(SystemExit) as info:
+        export_main([str(tmp_path / "missing.ckpt"), str(tmp_path / "x.ckpt")])
+    assert info.value.code == 2 and "missing.ckpt" in capsys.readouterr().err
     assert not (tmp_path / "x.ckpt").exists()

@@ -74,20 +74,32 @@ def wandb_run_id(checkpoint: dict) -> str | None:
 
 
 class ElapsedTime(Callback):
-    """Log the wall-clock minutes since ``fit`` started in this process, at each validation.
+    """Log the wall-clock minutes of training, at each validation; a resumed run goes on from its checkpoint's.
 
-    Gives the score-over-time curve (``val/ami`` against ``time/minutes``) in any logger.
+    Gives the score-over-time curve (``val/ami`` against ``time/minutes``) in any logger. The minutes before the
+    interruption are saved in every checkpoint; the time between the interruption and the resume is not counted.
     """
 
     def __init__(self) -> None:
         self._start: float | None = None
+        self._before = 0.0  # minutes of the run before it was resumed
+
+    def minutes(self) -> float:
+        """Minutes of training so far, the resumed run's earlier part included."""
+        return self._before + (0.0 if self._start is None else (time.monotonic() - self._start) / 60.0)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.monotonic()
 
+    def state_dict(self) -> dict[str, float]:
+        return {"minutes": self.minutes()}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self._before = float(state_dict.get("minutes", 0.0))
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._start is not None and not trainer.sanity_checking:
-            pl_module.log("time/minutes", (time.monotonic() - self._start) / 60.0, sync_dist=True)
+            pl_module.log("time/minutes", self.minutes(), sync_dist=True)
 
 
 class GroupingFigures(Callback):
@@ -135,7 +147,7 @@ class GroupingFigures(Callback):
         if groups is not None:
             ami, valid = adjusted_mutual_info(gammas[:, -1], groups[:, -1])
             ami = [float(a) if v else None for a, v in zip(ami, valid)]
-        epoch = trainer.current_epoch
+        epoch, stem = trainer.current_epoch, f"epoch{trainer.current_epoch:03d}_step{trainer.global_step:07d}"
         images = []
         for j, index in enumerate(samples):
             picture = figures.grouping_figure(
@@ -145,16 +157,16 @@ class GroupingFigures(Callback):
                 preds[j].numpy(),
                 None if groups is None else groups[j].numpy(),
                 None if ami is None else ami[j],
-                title=f"epoch {epoch}, sample {index}",
+                title=f"epoch {epoch}, step {trainer.global_step}, sample {index}",
             )
-            figures.save_png(picture, folder / f"epoch{epoch:03d}_sample{index}.png")
+            figures.save_png(picture, folder / f"{stem}_sample{index}.png")
             images.append(picture)
             if self.gif and batch["features"].shape[1] > 1:
                 figures.sequence_gif(
                     targets[j].numpy(),
                     gammas[j].numpy(),
                     preds[j].numpy(),
-                    folder / f"epoch{epoch:03d}_sample{index}.gif",
+                    folder / f"{stem}_sample{index}.gif",
                 )
         log_images(trainer, "val/groupings", images, [f"sample {i}" for i in samples])
 

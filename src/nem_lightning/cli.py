@@ -10,17 +10,13 @@ the project's own errors into one readable line.
 
 from __future__ import annotations
 
-import csv
-import inspect
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
 from pytorch_lightning import Trainer
+from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import Callback, ProgressBar, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger
@@ -28,21 +24,56 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from nem_lightning.callbacks import EpochLog, ResumeState, wandb_run_id
+from nem_lightning.checkpoints import (
+    ARCHITECTURE_OPTIONS,
+    check_architecture,
+    check_resumable,
+    default,
+    load_weights,
+    read_checkpoint,
+)
 from nem_lightning.data import GroupingDataModule
-from nem_lightning.errors import ConfigError, NEMError
-from nem_lightning.files import atomic_path
+from nem_lightning.errors import NEMError
 from nem_lightning.module import NEMLightningModule
-from nem_lightning.prediction import HDF5PredictionWriter
+from nem_lightning.options import NEMArgumentParser, check_config_files, stated_model_options
+from nem_lightning.prediction import HDF5PredictionWriter, check_writable
+from nem_lightning.runs import (
+    Reservation,
+    continue_wandb_run,
+    discard_unused,
+    keep_metrics_history,
+    name_loggers,
+    reserve_run_folders,
+    run_name,
+    wandb_never_blocks,
+)
 
 NEEDS_CHECKPOINT = ("validate", "test", "predict")
 EVAL_OVERRIDES = ("k", "steps", "score_steps")
-# Model options that change the network: a checkpoint trained with other values cannot be scored under this config.
-ARCHITECTURE_OPTIONS = ("architecture", "m_step", "input_shape", "hidden_size", "distribution", "layer_norm")
 SIGTERM_EXIT = 143  # 128 + SIGTERM, what a scheduler expects from a process stopped by SIGTERM
 
 
 class NEMCLI(LightningCLI):
-    """LightningCLI for Neural EM."""
+    """LightningCLI for Neural EM.
+
+    State the hooks share: ``_args`` (the command line), ``_checkpoint`` (the ``--ckpt_path`` file, read once)
+    and ``_reservation`` (the run folders made for this run, removed again if it fails before writing).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._args: list[str] = []
+        self._checkpoint: dict[str, Any] = {}
+        self._reservation = Reservation()
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            discard_unused(self._reservation.created)
+            raise
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        self._args = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
+        check_config_files(self._args)  # a missing or broken YAML file is named, with the place of the fault
+        super().parse_arguments(parser, args)
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         # Private Lightning hook, the only one that knows which subcommand a parser is for.
@@ -91,11 +122,19 @@ class NEMCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
         asked = {}
-        self._checkpoint: dict[str, Any] = {}  # read once; the run policy below takes what it needs from it
         if ckpt and Path(ckpt).is_file():
             self._checkpoint = read_checkpoint(ckpt)
+            if subcommand == "fit":
+                check_resumable(ckpt, self._checkpoint)
             trained = dict(self._checkpoint.get("hyper_parameters") or {})
-            asked = {name: self.config[subcommand].model.get(name) for name in (*ARCHITECTURE_OPTIONS, "k", "steps")}
+            # Only what the config files or the command line state is compared: left unstated, the checkpoint's
+            # value applies. Stated values are compared even when they equal the defaults.
+            stated = stated_model_options(self._args)
+            asked = {
+                name: self.config[subcommand].model.get(name)
+                for name in (*ARCHITECTURE_OPTIONS, "k", "steps")
+                if name in stated
+            }
             check_architecture(ckpt, asked, trained)
         super()._parse_ckpt_path()
         if subcommand in NEEDS_CHECKPOINT:
@@ -108,7 +147,7 @@ class NEMCLI(LightningCLI):
                     config[f"model.{name}"] = value
             for name in ("k", "steps"):
                 used = config.model.get(name)
-                if asked.get(name) not in (None, _default(name), used):
+                if asked.get(name) not in (None, default(name), used):
                     rank_zero_warn(
                         f"the checkpoint was trained with model.{name}={used} and is evaluated so; the config's "
                         f"{name}={asked[name]} is ignored: pass --eval.{name} {asked[name]} to evaluate with it"
@@ -121,11 +160,10 @@ class NEMCLI(LightningCLI):
             self.save_config_callback = None
         config = self.config[self.subcommand]
         name_loggers(config.trainer.logger, run_name(config))
-        self._versioned: list[Any] = []
-        self._resumed = self.subcommand == "fit" and reserve_run_folders(
-            self.config.fit.trainer.logger, self.config.fit.ckpt_path, self._versioned
-        )
-        if self._resumed:
+        # Scoring runs always get a new folder: a checkpoint's training folder keeps its own metrics.csv.
+        resume_from = config.get("ckpt_path") if self.subcommand == "fit" else None
+        self._reservation = reserve_run_folders(config.trainer.logger, resume_from)
+        if self._reservation.resumed:
             self.save_config_kwargs["overwrite"] = True  # resumed in its own folder: config.yaml is rewritten
         if self.subcommand == "fit":
             continue_wandb_run(self.config.fit.trainer.logger, wandb_run_id(self._checkpoint))
@@ -141,19 +179,24 @@ class NEMCLI(LightningCLI):
                 )
 
     def after_instantiate_classes(self) -> None:
-        for item in self._versioned:  # the loggers have their folders; the saved config.yaml, run again, gets new ones
+        for item in self._reservation.versioned:  # the loggers have their folders; config.yaml, rerun, gets new ones
             item.init_args.version = None
-        if self._resumed:
+        if self._reservation.resumed:
             step = int(self._checkpoint.get("global_step", 0))
             for logger in self.trainer.loggers:
                 if isinstance(logger, CSVLogger):
                     keep_metrics_history(logger, step)
+        warn_slow_bf16(self.trainer)
         if self.subcommand == "predict":
             output = self.config.predict.output
             check_writable(output)
             self.trainer.callbacks.append(HDF5PredictionWriter(output, source=self.datamodule.path))
         if self.subcommand in NEEDS_CHECKPOINT:
             hp = self.model.hparams
+            if self.config[self.subcommand].get("eval.steps") is not None:
+                self.model.steps_option = "--eval.steps"
+            elif "steps" in (self._checkpoint.get("hyper_parameters") or {}):
+                self.model.steps_option = "checkpoint"
             rank_zero_info(
                 f"nem {self.subcommand}: {self.config[self.subcommand].ckpt_path} on {self.datamodule.path} with "
                 f"k={hp.k}, steps={hp.steps}, score_steps={hp.score_steps}, noise={hp.noise} p={hp.noise_prob}"
@@ -191,216 +234,21 @@ class NEMCLI(LightningCLI):
 
 
 BASE_CONFIG = Path(__file__).with_name("base.yaml")  # trainer, loggers and callbacks every run shares
-LOGGERS_WITH_NAMES = ("CSVLogger", "TensorBoardLogger", "WandbLogger")
 
 
-def run_name(config: Any) -> str:
-    """The run's name: ``name`` if set, else the first ``--config`` file's stem, else ``nem``."""
-    if config.get("name"):
-        return str(config.name)
-    files = [Path(str(path)) for path in config.get("config") or []]
-    return files[0].stem if files else "nem"
-
-
-def name_loggers(loggers: Any, name: str) -> None:
-    """Give each CSV, TensorBoard and W&B logger of the config that has no name of its own the run's name."""
-    for item in loggers if isinstance(loggers, list) else [loggers]:
-        args = getattr(item, "init_args", None)
-        if str(getattr(item, "class_path", "")).endswith(LOGGERS_WITH_NAMES) and not args.get("name"):
-            args.name = name
-
-
-RESERVED: list[Path] = []  # run folders this process created, removed again if the run fails before writing
-
-
-def _next_version(root: Path) -> int:
-    versions = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
-    return max(versions, default=-1) + 1
-
-
-def reserve_run_folders(loggers: Any, ckpt_path: str | None, versioned: list[Any] | None = None) -> bool:
-    """Give each CSV/TensorBoard logger without a version a run folder of its own, created atomically.
-
-    Lightning picks ``version_N`` by listing the folder, so two runs started together would share one. Here the
-    folder is made with ``mkdir`` (which fails if it exists) and the logger is told its version. A run resumed
-    from ``<root>/version_N/checkpoints/*.ckpt`` goes on in ``version_N``. Only the first process reserves:
-    under DDP Lightning broadcasts its folders to the others. Returns whether a run resumes in its own folder;
-    the logger entries given a version are appended to ``versioned``.
-    """
-    if int(os.environ.get("RANK", 0)) != 0 or int(os.environ.get("LOCAL_RANK", 0)) != 0:
-        return False
-    resumed = False
-    for item in loggers if isinstance(loggers, list) else [loggers]:
-        class_path = str(getattr(item, "class_path", ""))
-        if not class_path.endswith(("CSVLogger", "TensorBoardLogger")) or item.init_args.get("version") is not None:
-            continue
-        args = item.init_args
-        root = Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
-        run_dir = Path(ckpt_path).resolve().parents[1] if ckpt_path else None
-        if run_dir is not None and run_dir.parent == root.resolve() and run_dir.name.startswith("version_"):
-            args.version, resumed = int(run_dir.name[8:]), True
-            if versioned is not None:
-                versioned.append(item)
-            continue
-        root.mkdir(parents=True, exist_ok=True)
-        version = _next_version(root)
-        while True:
-            try:
-                (root / f"version_{version}").mkdir()
-                break
-            except FileExistsError:  # another run took it between listing and mkdir
-                version += 1
-        RESERVED.append(root / f"version_{version}")
-        args.version = version
-        if versioned is not None:
-            versioned.append(item)
-    return resumed
-
-
-def keep_metrics_history(logger: CSVLogger, step: int) -> None:
-    """Keep a resumed run's ``metrics.csv`` rows up to its checkpoint (Lightning's CSV logger would delete them).
-
-    Rows logged after the checkpoint (training steps from ``step`` on) are dropped: the resumed run logs them
-    again. Validation rows at ``step`` came before the checkpoint and stay.
-    """
-    path = Path(logger.log_dir) / "metrics.csv"
-    if not path.is_file():
+def warn_slow_bf16(trainer: Trainer) -> None:
+    """Warn when bf16 runs on a CPU without native bf16 support, where it is emulated and many times slower."""
+    if not str(trainer.precision).startswith("bf16") or not isinstance(trainer.accelerator, CPUAccelerator):
         return
-    with open(path, newline="") as file:
-        reader = csv.DictReader(file)
-        header, rows = list(reader.fieldnames or []), list(reader)
-
-    def before(row: dict[str, str]) -> bool:
-        logged = int(float(row.get("step") or 0))
-        training = any(row.get(key) for key in header if key.startswith("train/"))
-        return logged < step or (logged == step and not training)
-
-    writer = logger.experiment  # created now: it deletes metrics.csv, whose rows are in memory
-    with atomic_path(path) as partial, open(partial, "w", newline="") as file:
-        table = csv.DictWriter(file, fieldnames=header)
-        table.writeheader()
-        table.writerows(row for row in rows if before(row))
-    writer.metrics_keys = sorted(header)  # so the next rows append under the same columns
-
-
-def continue_wandb_run(loggers: Any, run_id: str | None) -> None:
-    """Point each W&B logger without an id or version at ``run_id`` (a resumed checkpoint's run), if any."""
-    if not run_id:
-        return
-    for item in loggers if isinstance(loggers, list) else [loggers]:
-        args = getattr(item, "init_args", None)
-        if (
-            str(getattr(item, "class_path", "")).endswith("WandbLogger")
-            and not args.get("id")
-            and not args.get("version")
-        ):
-            args.id = run_id
-
-
-def discard_unused_run_folders() -> None:
-    """Remove the folders this process reserved if the run wrote no checkpoint or metrics into them."""
-    while RESERVED:
-        folder = RESERVED.pop()
-        if folder.is_dir() and not any(folder.rglob("*.ckpt")) and not any(folder.rglob("metrics.csv")):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _default(name: str) -> Any:
-    return inspect.signature(NEMLightningModule).parameters[name].default
-
-
-def read_checkpoint(path: str, option: str = "--ckpt_path") -> dict[str, Any]:
-    """A checkpoint's contents (tensors memory-mapped); NEMError naming ``option`` and the file if unreadable."""
-    if not Path(path).is_file():
-        raise NEMError(f"{option} {path!r} is not a checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 - truncated, not a zip, not a pickle: all the same to the user
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise NEMError(f"{option} {path!r} is not a readable checkpoint ({reason[:200]})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise NEMError(f"{option} {path!r} is not a Lightning checkpoint (it holds no state_dict)")
-    return ckpt
-
-
-def check_architecture(path: str, asked: dict[str, Any], trained: dict[str, Any]) -> None:
-    """Refuse a checkpoint whose network differs from one the config asks for (options left at defaults ask nothing)."""
-
-    def norm(value: Any) -> Any:
-        return [int(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-    conflicts = [
-        f"{name}: config {norm(asked[name])}, checkpoint {norm(trained[name])}"
-        for name in ARCHITECTURE_OPTIONS
-        if name in trained
-        and asked.get(name) is not None
-        and norm(asked[name]) != norm(_default(name))
-        and norm(asked[name]) != norm(trained[name])
-    ]
-    if conflicts:
-        raise NEMError(
-            f"--ckpt_path {path!r} holds another network than the config asks for ({'; '.join(conflicts)}); "
-            f"use the config it was trained with"
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # oneDNN's own check (AVX-512 or AMX)
+    except (AttributeError, RuntimeError):
+        return
+    if not native:
+        rank_zero_warn(
+            f"trainer.precision={trainer.precision} on a CPU without native bf16: it is emulated, about 10x slower "
+            "than float32 on such CPUs (benchmarks/RESULTS.md); pass --trainer.precision 32-true"
         )
-
-
-def check_writable(output: str) -> None:
-    """Refuse, before any compute, an output file that cannot be written (missing folders are created later)."""
-    if Path(output).is_dir():
-        raise ConfigError(f"--output {output!r} is a directory; name an .h5 file")
-    folder = Path(output).resolve().parent
-    while not folder.exists():  # the nearest folder that exists is where the new ones will be made
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ConfigError(f"--output {output!r}: {str(folder)!r} is a file, not a folder")
-    try:  # a real write: permission bits alone say nothing for root or a read-only file system
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise ConfigError(f"--output {output!r}: folder {str(folder)!r} is not writable ({err.strerror})") from None
-
-
-def load_weights(model: NEMLightningModule, path: str) -> None:
-    """Copy the network weights of a checkpoint into ``model``; optimizer and loop state are not touched."""
-    state = read_checkpoint(path, "--weights_from")["state_dict"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:  # missing, unexpected or differently shaped weights
-        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-        raise ConfigError(
-            f"--weights_from {path!r} does not fit this model ({first}); the architecture options must match"
-        ) from None
-
-
-def save_weights_only(source: str, target: str) -> None:
-    """Write ``source``'s weights and model options to ``target``, without optimizer or loop state.
-
-    The result is a third of the size and works wherever a checkpoint is read for its weights: ``nem test``,
-    ``nem predict``, ``nem validate`` and ``--weights_from``. It cannot resume training. Written atomically.
-    """
-    try:
-        full = torch.load(source, map_location="cpu", weights_only=False)
-        state = {key: full[key] for key in ("state_dict", "hyper_parameters", "pytorch-lightning_version")}
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line message
-        raise ConfigError(f"{source!r} could not be read as a training checkpoint ({err})") from None
-    state.update(epoch=full.get("epoch", 0), global_step=full.get("global_step", 0), loops=None)
-    with atomic_path(target) as tmp:
-        torch.save(state, tmp)
-
-
-def wandb_never_blocks() -> None:
-    """Run W&B offline unless the user chose a mode or has logged in: no login prompt, no network wait.
-
-    An explicit ``WANDB_MODE`` (``online``, ``offline``, ``disabled``) always wins. Otherwise, without an
-    API key (``WANDB_API_KEY`` or the ~/.netrc entry ``wandb login`` writes), runs log offline into their
-    save_dir; upload them later with ``wandb sync``.
-    """
-    if os.environ.get("WANDB_MODE") or os.environ.get("WANDB_API_KEY"):  # an empty WANDB_MODE counts as unset
-        return
-    netrc = Path.home() / ".netrc"
-    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
-        return
-    os.environ["WANDB_MODE"] = "offline"
 
 
 def one_line(err: BaseException) -> str:
@@ -415,15 +263,16 @@ def one_line(err: BaseException) -> str:
 def run(args: list[str] | None = None) -> NEMCLI:
     """Run ``nem`` with these arguments and return the CLI (trainer, model, data), for use in code."""
     wandb_never_blocks()
-    RESERVED.clear()
     try:
-        try:
-            base = {"default_config_files": [str(BASE_CONFIG)]}
-            parser_kwargs = {subcommand: base for subcommand in ("fit", "validate", "test", "predict")}
-            return NEMCLI(NEMLightningModule, GroupingDataModule, args=args, parser_kwargs=parser_kwargs)
-        except BaseException:
-            discard_unused_run_folders()
-            raise
+        base = {"default_config_files": [str(BASE_CONFIG)]}
+        parser_kwargs = {subcommand: base for subcommand in ("fit", "validate", "test", "predict")}
+        return NEMCLI(
+            NEMLightningModule,
+            GroupingDataModule,
+            args=args,
+            parser_kwargs=parser_kwargs,
+            parser_class=NEMArgumentParser,
+        )
     except NEMError as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)

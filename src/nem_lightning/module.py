@@ -10,8 +10,10 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
+from nem_lightning.data import inspect_split
 from nem_lightning.em import Distribution, EMOutput, NeuralEM, Noise, SampleDraws
 from nem_lightning.errors import ConfigError, DataError, TrainingError
 from nem_lightning.losses import OuterLoss, StepWeights, next_frame_loss, outer_loss, step_weights, upper_bound_loss
@@ -20,6 +22,8 @@ from nem_lightning.networks import Architecture, MStep, build_cell
 
 Stage = Literal["train", "val", "test", "predict"]
 EVAL_SPLITS = {"val": 1, "test": 2, "predict": 2}  # the file split each stage reads, keying its random streams
+SPLITS_READ = {"fit": ("training", "validation"), "validate": ("validation",), "test": ("test",), "predict": ("test",)}
+LOSSES = ("loss", "intra", "inter", "upper_bound", "next_frame_loss")  # logged per stage
 
 
 class NEMLightningModule(pl.LightningModule):
@@ -109,8 +113,14 @@ class NEMLightningModule(pl.LightningModule):
         self.em = NeuralEM(cell, distribution, noise, noise_prob, e_sigma, gradient_gamma)
         self.val_scores = SequenceGroupingMetrics(steps, score_steps)
         self.test_scores = SequenceGroupingMetrics(steps, score_steps)
+        # Evaluation losses are means over samples, reduced as sums and counts over processes like the scores:
+        # Lightning's sync_dist would average the per-process means, which weighs an uneven split wrongly.
+        self.val_losses = nn.ModuleDict({name: MeanMetric() for name in LOSSES})
+        self.test_losses = nn.ModuleDict({name: MeanMetric() for name in LOSSES})
         self._compiled = None  # built on first use: a plain function, so the state dict is unchanged
         self.test_ami_per_step: Tensor | None = None  # (T,) AMI of each EM step from the last `nem test`
+        # Where the number of steps came from, for error messages: `nem` sets "--eval.steps" or "checkpoint".
+        self.steps_option: Literal["model.steps", "--eval.steps", "checkpoint"] = "model.steps"
 
     def setup(self, stage: str) -> None:
         # A known label bound lets the metrics score without a host synchronisation per batch.
@@ -118,6 +128,26 @@ class NEMLightningModule(pl.LightningModule):
         labels = getattr(datamodule, "num_labels", None)
         for scores in (self.val_scores, self.test_scores):
             scores.num_labels = labels
+        path = getattr(datamodule, "path", None)
+        for split in SPLITS_READ.get(stage, ()) if path is not None else ():
+            try:
+                frames = inspect_split(path, split, require_groups=False)["frames"]
+            except DataError:
+                continue  # a missing split is reported, with its own message, when the loader reads it
+            self._check_frame_count(frames, f"{path}: the {split} sequences have {frames} frames")
+
+    def _check_frame_count(self, frames: int, what: str) -> None:
+        """Video needs one frame more than EM steps (step t predicts frame t + 1); static data has one frame."""
+        steps = self.hparams.steps
+        if frames == 1 or frames >= steps + 1:
+            return
+        named = {
+            "model.steps": f"model.steps={steps}",
+            "--eval.steps": f"--eval.steps {steps}",
+            "checkpoint": f"the checkpoint's model.steps={steps}",
+        }[self.steps_option]
+        hint = "; evaluate fewer steps with --eval.steps" if self.steps_option == "checkpoint" else ""
+        raise DataError(f"{what}, but {named} needs at least {steps + 1}{hint}")
 
     @staticmethod
     def _step_weights(weights: StepWeights, steps: int) -> list[float]:
@@ -165,11 +195,7 @@ class NEMLightningModule(pl.LightningModule):
             raise DataError(
                 f"the data's frames are (C, H, W) = {shape} but model.input_shape is {tuple(self.hparams.input_shape)}"
             )
-        if frames != 1 and frames < self.hparams.steps + 1:
-            raise DataError(
-                f"sequences have {frames} frames; model.steps={self.hparams.steps} "
-                f"needs at least {self.hparams.steps + 1}"
-            )
+        self._check_frame_count(frames, f"the sequences have {frames} frames")
 
     def _shared_step(self, batch: dict[str, Tensor], stage: Stage) -> Tensor:
         hp, train = self.hparams, stage == "train"
@@ -180,12 +206,19 @@ class NEMLightningModule(pl.LightningModule):
             out, loss, upper = self._unroll_and_loss(batch["features"], self._draws(batch, stage))
         if not torch.isfinite(loss.total):
             raise TrainingError(f"the {stage} loss became {loss.total.item()}; lower model.lr or check the data")
-        options = dict(on_step=train, on_epoch=not train, batch_size=batch["features"].shape[0], sync_dist=not train)
-        self.log(f"{stage}/loss", loss.total.detach(), prog_bar=True, **options)
-        logged = {"intra": loss.intra, "inter": loss.inter, "upper_bound": upper}
+        logged = {"loss": loss.total, "intra": loss.intra, "inter": loss.inter, "upper_bound": upper}
         if not train and batch["features"].shape[1] > 1 and hp.steps > 1:  # video: genuine next-frame prediction
             logged["next_frame_loss"] = next_frame_loss(out.preds, out.gammas, out.targets, hp.distribution)
-        self.log_dict({f"{stage}/{name}": value.detach() for name, value in logged.items()}, **options)
+        size = batch["features"].shape[0]
+        if stage in ("val", "test"):
+            means = self.val_losses if stage == "val" else self.test_losses
+            for name, value in logged.items():
+                means[name].update(value.detach().float(), size)  # weighted by the batch's samples
+                self.log(f"{stage}/{name}", means[name], on_step=False, on_epoch=True, prog_bar=name == "loss")
+        else:
+            options = dict(on_step=train, on_epoch=not train, batch_size=size)
+            self.log(f"{stage}/loss", loss.total.detach(), prog_bar=True, **options)
+            self.log_dict({f"{stage}/{n}": v.detach() for n, v in logged.items() if n != "loss"}, **options)
         if stage in ("val", "test") and "groups" in batch:
             scores = self.val_scores if stage == "val" else self.test_scores
             scores.update(out.stacked_gammas().squeeze(3), self._scored_groups(batch["groups"]))

@@ -25,6 +25,7 @@ predicts its own share of the samples (no padding), so every index appears in ex
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -40,7 +41,7 @@ from nem_lightning.errors import ConfigError
 from nem_lightning.files import atomic_path
 from nem_lightning.metrics import adjusted_mutual_info, adjusted_rand_index
 
-_OPTION = "--trainer.callbacks.output (HDF5PredictionWriter)"
+_OPTION = "--output"
 _SCORE_CHUNK = 1024  # samples scored per metrics call, bounding the temporaries
 
 
@@ -188,3 +189,19 @@ def _last_step_scores(gamma: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray
         ami[s : s + len(g)] = a.masked_fill(~valid, float("nan")).numpy()
         ari[s : s + len(g)] = r.masked_fill(~valid, float("nan")).numpy()
     return ami, ari
+
+
+def check_writable(output: str) -> None:
+    """Refuse, before any compute, an output file that cannot be written (missing folders are created later)."""
+    if Path(output).is_dir():
+        raise ConfigError(f"--output {output!r} is a directory; name an .h5 file")
+    folder = Path(output).resolve().parent
+    while not folder.exists():  # the nearest folder that exists is where the new ones will be made
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"--output {output!r}: {str(folder)!r} is a file, not a folder")
+    try:  # a real write: permission bits alone say nothing for root or a read-only file system
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--output {output!r}: folder {str(folder)!r} is not writable ({err.strerror})") from None
