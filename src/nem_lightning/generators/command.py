@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 
 from nem_lightning.errors import DataError
-from nem_lightning.generators import DEFAULT_FRAMES, DEFAULT_MAX_SPEED, DEFAULT_SIZES, generate_dataset
+from nem_lightning.generators import interrupts
+from nem_lightning.generators.registry import DEFAULT_FRAMES, DEFAULT_MAX_SPEED, DEFAULT_SIZES
+from nem_lightning.generators.writer import generate_dataset
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,45 +94,41 @@ def _dataset_name(args: argparse.Namespace) -> str:
     return f"flying_mnist_{args.digits}{suffix}"
 
 
-def _terminated(signum: int, frame: object) -> None:
-    """SIGTERM: unwind like Ctrl-C, so the partial temporary file is removed, then exit with status 143."""
-    print("nem-data: terminated; nothing written", file=sys.stderr)
-    raise SystemExit(143)
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of `nem-data`; errors print one line to stderr and exit with code 2."""
+    """Entry point of `nem-data`: errors end in one line on stderr and exit 2; SIGINT and SIGTERM exit 130 and 143."""
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "flying-mnist" and args.variations and args.digits != 2:
         parser.error("--variations applies to 2 digits only (the medium datasets have 2 digits)")
     name = _dataset_name(args)
     out: Path = args.out or Path("data") / f"{name}.h5"
-    previous = signal.signal(signal.SIGTERM, _terminated)  # clean up the temporary file as on Ctrl-C
-    try:
-        if out.is_dir():
-            raise DataError(f"{out} is a directory; name the .h5 file to write")
-        if out.exists() and not args.force:
-            raise DataError(f"{out} already exists; pass --force to replace it")
-        generate_dataset(
-            name,
-            out,
-            seed=args.seed,
-            sizes=(args.train, args.val, args.test),
-            frames=getattr(args, "frames", None),
-            progress=not args.no_progress,
-            mnist=getattr(args, "mnist", None),
-            max_speed=getattr(args, "max_speed", DEFAULT_MAX_SPEED),
-            distinct_shapes=getattr(args, "distinct_shapes", False),
-        )
-    except (ValueError, OSError) as err:
-        print(f"nem-data: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print(f"nem-data: interrupted; nothing written to {out}", file=sys.stderr)
-        raise SystemExit(130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)  # called from Python, the caller's handler is back afterwards
+    # SIGINT and SIGTERM only set a flag that generation checks, so that they stop it wherever they
+    # arrive and the temporary file is removed; the caller's handlers are back afterwards.
+    with interrupts.deferred_signals():
+        try:
+            if out.is_dir():
+                raise DataError(f"{out} is a directory; name the .h5 file to write")
+            if out.exists() and not args.force:
+                raise DataError(f"{out} already exists; pass --force to replace it")
+            generate_dataset(
+                name,
+                out,
+                seed=args.seed,
+                sizes=(args.train, args.val, args.test),
+                frames=getattr(args, "frames", None),
+                progress=not args.no_progress,
+                mnist=getattr(args, "mnist", None),
+                max_speed=getattr(args, "max_speed", DEFAULT_MAX_SPEED),
+                distinct_shapes=getattr(args, "distinct_shapes", False),
+            )
+        except (ValueError, OSError) as err:
+            print(f"nem-data: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except interrupts.Interrupted as stop:
+            word = "terminated" if stop.signum == signal.SIGTERM else "interrupted"
+            print(f"nem-data: {word}; nothing written to {out}", file=sys.stderr)
+            raise SystemExit(stop.exit_code) from None
+    # A signal that arrives once the file is in place is too late to undo it: the run is complete.
     print(f"nem-data: wrote {name} (seed {args.seed}, sizes {args.train}/{args.val}/{args.test}) to {out}")
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nem_lightning.generators import interrupts
+
 # Every integer velocity (dy, dx) with components in [-3, 3] except standing still: (48, 2). Flying
 # MNIST draws from these; flying shapes use `velocity_table`.
 VELOCITIES = np.array([(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4) if (dy, dx) != (0, 0)], dtype=np.int64)
@@ -128,6 +130,7 @@ def render_binary(
     corner = _corner_index(positions, size)  # (M, n)
     for k in range(n):
         for s, sprite in enumerate(sprites):
+            interrupts.check()  # each pass paints a whole block's frames: a signal must not wait for all
             images = np.flatnonzero(kinds[:, k] == s)
             if images.size == 0:
                 continue
@@ -163,6 +166,7 @@ def render_grey(
     corner = _corner_index(positions, size)  # (M, n)
     offsets = (np.arange(h)[:, None] * size + np.arange(w)).ravel()  # (h*w,)
     for k in range(n):
+        interrupts.check()  # each pass paints a whole block's frames: a signal must not wait for all
         flat = corner[:, k, None] + offsets  # (M, h*w)
         values = sprites[:, k].reshape(m, h * w)  # (M, h*w)
         canvas[flat] = np.maximum(canvas[flat], values)
