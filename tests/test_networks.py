@@ -1,14 +1,24 @@
 """The paper's encoder/decoder architectures: shapes, padding, layer norm, init and configuration errors."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nem_lightning.em import NeuralEM
 from nem_lightning.errors import ConfigError
-from nem_lightning.networks import ChannelLayerNorm, SamePadConv, Standardize, build_cell, same_padding
+from nem_lightning.networks import (
+    ChannelLayerNorm,
+    OutputSigmoid,
+    SamePadConv,
+    Standardize,
+    UpsampleConv,
+    build_cell,
+    same_padding,
+)
 
 # architecture -> (input_shape, hidden_size, sigmoid_output) as the paper's experiments use them
 PAPER = {"flying_shapes": ((1, 28, 28), 100, True), "flying_mnist": ((1, 24, 24), 250, False)}
@@ -230,3 +240,142 @@ def test_layer_norm_epsilon_reaches_every_norm_and_keeps_tiny_inputs_visible():
     tiny = torch.randn(2, 4, 5, 5) * 1e-5  # like the masked input of a component whose gamma is tiny
     assert ChannelLayerNorm(4, eps=1e-12)(tiny).std().item() == pytest.approx(1.0, rel=0.05)
     assert ChannelLayerNorm(4, eps=1e-5)(tiny).std().item() < 1e-2
+
+
+# (in, out, source H, source W) of every upsample + conv layer of both decoders, and an odd non-square map
+UPSAMPLE_CONVS = [(64, 32, 7, 7), (32, 1, 14, 14), (128, 64, 3, 3), (64, 32, 6, 6), (32, 1, 12, 12), (3, 2, 5, 4)]
+
+
+def _upsample_same_pad_conv(x, weight, bias):
+    """What UpsampleConv replaces: nearest 2x upsample, TF SAME padding (1 before, 2 after), 4x4 conv."""
+    x = nn.Upsample(scale_factor=2, mode="nearest")(x)  # (n, C, 2H, 2W)
+    return F.conv2d(F.pad(x, (1, 2, 1, 2)), weight, bias)
+
+
+def _reference_decoder(decoder: nn.Sequential) -> nn.Sequential:
+    """The decoder in the [nn.Upsample, SamePadConv k4 s1] layout, loaded with the decoder's state dict."""
+    layers = list(decoder)
+    for i, layer in enumerate(layers):
+        if isinstance(layer, UpsampleConv):
+            layers[i - 1] = nn.Upsample(scale_factor=2, mode="nearest")
+            layers[i] = SamePadConv(layer.in_channels, layer.out_channels, 4, stride=1)
+    reference = nn.Sequential(*layers).to(next(decoder.parameters()).dtype)
+    reference.load_state_dict(decoder.state_dict())  # strict: the same keys and shapes
+    return reference
+
+
+def _forward_and_grads(fn, x, params, seed=1):
+    """fn(x) and the gradients of a random projection of it w.r.t. x and params."""
+    x = x.detach().requires_grad_()
+    y = fn(x)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype)
+    return (y, *torch.autograd.grad(y, (x, *params), g))
+
+
+@pytest.mark.parametrize("form", ["forward", "transposed_conv", "phase_conv"])
+@pytest.mark.parametrize("c_in, c_out, h, w", UPSAMPLE_CONVS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_upsample_conv_equals_upsample_then_same_pad_conv(form, c_in, c_out, h, w, dtype):
+    """Output and input / weight / bias gradients equal upsample + pad + conv to rounding.
+
+    float64: to 1e-12 relative. float32: to 1e-5 of each tensor's largest magnitude, since the weight and
+    bias gradients are float32 sums over up to 2,000 terms per element, taken in another order.
+    """
+    torch.manual_seed(0)
+    conv = UpsampleConv(c_in, c_out).to(dtype)
+    with torch.no_grad():
+        conv.bias.normal_()  # non-zero, so that a wrong bias layout shows
+    x = torch.randn(3, c_in, h, w, dtype=dtype)  # an odd batch
+    params = (conv.weight, conv.bias)
+    got = _forward_and_grads(getattr(conv, form), x, params)
+    expected = _forward_and_grads(lambda v: _upsample_same_pad_conv(v, *params), x, params)
+    assert got[0].shape == (3, c_out, 2 * h, 2 * w)
+    for name, a, b in zip(("output", "input grad", "weight grad", "bias grad"), got, expected):
+        if dtype == torch.float64:
+            tol = {"rtol": 1e-12, "atol": 1e-12}
+        else:
+            tol = {"rtol": 0.0, "atol": 1e-5 * b.abs().max().item()}
+        torch.testing.assert_close(a, b, **tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("architecture", PAPER)
+def test_decoder_equals_the_upsample_conv_layout_with_the_same_state_dict(architecture):
+    """The decoder's state dict loads strictly into the [nn.Upsample, conv] layout, which computes the same."""
+    shape, hidden, _ = PAPER[architecture]
+    decoder = _cell(architecture).decoder.double()
+    reference = _reference_decoder(decoder)
+    h = torch.rand(5, hidden, dtype=torch.float64)
+    got = _forward_and_grads(decoder, h, list(decoder.parameters()))
+    expected = _forward_and_grads(reference, h, list(reference.parameters()))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_shipped_flying_shapes_weights_load_unchanged_and_decode_as_before():
+    """The shipped checkpoint's cell state dict loads strictly; its decoder matches the upsample + conv layout."""
+    path = Path(__file__).resolve().parents[1] / "weights" / "flying_shapes.ckpt"
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    prefix = "em.cell."
+    cell = _cell("flying_shapes")
+    cell.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    reference = _reference_decoder(cell.decoder)
+    h = torch.rand(3, 100)
+    with torch.no_grad():
+        torch.testing.assert_close(cell.decoder(h), reference(h), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("c_in, c_out, size", [(1, 32, 28), (32, 64, 14), (1, 32, 24), (32, 64, 12), (64, 128, 6)])
+def test_encoder_conv_padding_by_the_conv_equals_an_explicit_pad(c_in, c_out, size):
+    """Stride-2 k4 SAME padding on the encoders' even maps is 1/1: the conv's own padding gives the same."""
+    assert same_padding(size, 4, 2) == (1, 1)
+    torch.manual_seed(0)
+    conv = SamePadConv(c_in, c_out, 4, stride=2)
+    with torch.no_grad():
+        conv.bias.normal_()
+    x, params = torch.randn(3, c_in, size, size), (conv.weight, conv.bias)
+    got = _forward_and_grads(conv, x, params)
+    expected = _forward_and_grads(lambda v: F.conv2d(F.pad(v, (1, 1, 1, 1)), *params, stride=2), x, params)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+def test_asymmetric_same_padding_still_pads_one_before_two_after_the_odd_extra():
+    """On an odd map (7 -> 4 with k4 s2) TF pads 1 before and 2 after, which no symmetric conv padding gives."""
+    torch.manual_seed(0)
+    conv = SamePadConv(2, 3, 4, stride=2)
+    x = torch.randn(3, 2, 7, 7)
+    expected = F.conv2d(F.pad(x, (1, 2, 1, 2)), conv.weight, conv.bias, stride=2)
+    torch.testing.assert_close(conv(x), expected)
+    assert conv(x).shape == (3, 3, 4, 4)
+
+
+def test_layer_norm_affine_in_float32_is_bit_identical_to_the_float32_formula():
+    """The dtype casts are no-ops in float32: the result is exactly layer_norm(x) * weight + bias."""
+    torch.manual_seed(0)
+    for shape in [(5, 3, 4, 4), (5, 7)]:
+        norm = ChannelLayerNorm(shape[1])
+        with torch.no_grad():
+            norm.weight.normal_()
+            norm.bias.normal_()
+        x = torch.randn(shape)
+        view = (1, -1) + (1,) * (len(shape) - 2)
+        expected = F.layer_norm(x, x.shape[1:], eps=norm.eps) * norm.weight.view(view) + norm.bias.view(view)
+        assert torch.equal(norm(x), expected)
+
+
+@pytest.mark.parametrize("architecture", PAPER)
+def test_activations_stay_bf16_between_layers_under_bf16_autocast(architecture):
+    """No layer norm promotes back to float32, so no layer re-casts; only the output sigmoid is float32."""
+    shape, hidden, sigmoid = PAPER[architecture]
+    cell = _cell(architecture)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for net, x in ((cell.encoder, torch.randn(3, *shape)), (cell.decoder, torch.rand(3, hidden))):
+            for layer in net:
+                x = layer(x)
+                if isinstance(layer, Standardize):  # reads the float32 input before the first conv
+                    continue
+                want = torch.float32 if isinstance(layer, OutputSigmoid) else torch.bfloat16
+                assert x.dtype == want, f"{type(layer).__name__} gives {x.dtype}"
+        delta = torch.randn(3, *shape)
+        psi, _ = cell(delta, cell.init_state(3, delta))
+    assert psi.dtype == (torch.float32 if sigmoid else torch.bfloat16)  # a linear output is cast by NeuralEM

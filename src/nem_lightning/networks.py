@@ -12,6 +12,8 @@ decoder returns (B*K, C, H, W) predictions):
 Every hidden layer of the convolutional layouts is followed by layer norm over all non-batch axes (with
 a per-channel scale and offset, as TF's ``layer_norm``), then ELU in the encoder and ReLU in the
 decoder. Convs use TF "SAME" padding. Weights are Glorot-uniform and biases zero (the TF defaults).
+Each decoder [upsample, conv] pair runs as one ``UpsampleConv`` on the un-upsampled map (the same
+function and parameters, fewer multiply-adds).
 """
 
 from __future__ import annotations
@@ -58,7 +60,66 @@ class SamePadConv(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         top, bottom = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
         left, right = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
+        if top == bottom and left == right:  # symmetric (every k4 s2 conv on an even map): the conv pads, no copy
+            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left))
         return super().forward(F.pad(x, (left, right, top, bottom)))
+
+
+def fold_upsampled_taps(weight: Tensor, dim: int) -> Tensor:
+    """Fold the 4 taps of a k4 kernel along ``dim`` onto the source map of a 2x nearest upsample.
+
+    With TF "SAME" padding (1 before, 2 after), output pixel o of the upsampled grid reads upsampled
+    pixels o - 1 .. o + 2, i.e. source pixels floor((o - 1) / 2) .. floor((o + 2) / 2); taps reading
+    the same source pixel i add up. Indexed by d = o - 2i + 2 the folded taps are
+    [w3, w2 + w3, w1 + w2, w0 + w1, w0, 0]: an even o = 2m reads w0, w1 + w2, w3 from source m - 1, m,
+    m + 1 (d = 4, 2, 0), an odd o = 2m + 1 reads w0 + w1, w2 + w3 from m, m + 1 (d = 3, 1). The trailing
+    zero (d = 5) is the odd phase's empty tap on m - 1. The upsampled map's zero padding lies exactly on
+    source pixels -1 and n, so zero padding of the source map by one pixel on each side is the same.
+    """
+    w0, w1, w2, w3 = weight.unbind(dim)
+    return torch.stack([w3, w2 + w3, w1 + w2, w0 + w1, w0, torch.zeros_like(w0)], dim)
+
+
+class UpsampleConv(nn.Conv2d):
+    """2x nearest upsample, then a k4 s1 conv with TF "SAME" padding, computed on the source map.
+
+    The same function without the upsampled map, in one of two exact forms (``fold_upsampled_taps``):
+
+    - a stride-2 transposed conv with the folded 5x5 kernel: 25 multiply-adds per source pixel and
+      channel pair instead of 64;
+    - the phase conv: each output phase (a, b) (row and column parity) is a 3x3 conv of the source map
+      (padded by 1), so one conv with 4 * out_channels outputs computes all four and ``pixel_shuffle``
+      interleaves them: 36 multiply-adds.
+
+    On CPU (oneDNN) the transposed conv measured faster, except with a single output channel, where
+    the transposed conv is slow and the phase conv (4 outputs) wins; ``benchmarks/bench_networks.py``
+    times both forms per layer.
+    ``weight`` stays the (out, in, 4, 4) parameter of the upsample + conv layout and the folded kernels
+    are derived from it in every forward, so the state dict and the gradients are that layout's.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 4, padding=0)
+        glorot_(self)
+
+    def forward(self, x: Tensor) -> Tensor:  # (n, C_in, H, W) -> (n, C_out, 2H, 2W)
+        return self.phase_conv(x) if self.out_channels == 1 else self.transposed_conv(x)
+
+    def transposed_conv(self, x: Tensor) -> Tensor:
+        folded = fold_upsampled_taps(fold_upsampled_taps(self.weight, 2), 3)[:, :, :5, :5]  # (C_out, C_in, 5, 5)
+        # out[o] = sum_i x[i] * folded[o - 2i + 2]; output_padding gives 2H (and not 2H - 1) rows
+        return F.conv_transpose2d(x, folded.transpose(0, 1), self.bias, stride=2, padding=2, output_padding=1)
+
+    def phase_conv(self, x: Tensor) -> Tensor:
+        c_out, c_in = self.out_channels, self.in_channels
+        folded = fold_upsampled_taps(fold_upsampled_taps(self.weight, 2), 3)  # (C_out, C_in, 6, 6)
+        # Output 2m + a reads source m - 1, m, m + 1 (kernel taps 0, 1, 2 of a padding-1 conv) at
+        # d = a + 4, a + 2, a: split each d axis into (j, a) with d = 2j + a and reverse j.
+        kernel = folded.view(c_out, c_in, 3, 2, 3, 2).flip(2, 4).permute(0, 3, 5, 1, 2, 4)  # (C_out, 2, 2, C_in, 3, 3)
+        # (4 * C_out, C_in, 3, 3), output channel 4c + 2a + b: the order pixel_shuffle reads
+        kernel = kernel.reshape(4 * c_out, c_in, 3, 3)
+        y = F.conv2d(x, kernel, self.bias.repeat_interleave(4), padding=1)  # (n, 4 * C_out, H, W)
+        return F.pixel_shuffle(y, 2)  # (n, C_out, 2H, 2W)
 
 
 class ChannelLayerNorm(nn.Module):
@@ -77,7 +138,10 @@ class ChannelLayerNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = F.layer_norm(x, x.shape[1:], eps=self.eps)  # mean 0, variance 1 over all non-batch axes
         shape = (1, -1) + (1,) * (x.dim() - 2)  # (1, C, 1, 1) for feature maps, (1, F) for vectors
-        return x * self.weight.view(shape) + self.bias.view(shape)
+        # The affine runs in the activation's dtype: under bf16 autocast float32 parameters would promote
+        # the (bf16) activations back to float32 and every next layer would cast them again. In float32
+        # the casts are no-ops and the result is the plain float32 affine.
+        return x * self.weight.view(shape).to(x.dtype) + self.bias.view(shape).to(x.dtype)
 
 
 class Standardize(nn.Module):
@@ -164,7 +228,9 @@ def conv_decoder(
     layers += [glorot_(nn.Linear(ENCODED_SIZE, c * h * w)), ChannelLayerNorm(c * h * w, eps), nn.ReLU()]
     layers.append(Unflatten(start_shape))  # (n, C, H, W)
     for i, out in enumerate(channels):
-        layers += [nn.Upsample(scale_factor=2, mode="nearest"), SamePadConv(c, out, 4, stride=1)]
+        # the Identity holds the upsample's place, so layer indices (and state-dict keys) stay those of the
+        # [upsample, conv] layout the shipped checkpoints were saved with
+        layers += [nn.Identity(), UpsampleConv(c, out)]
         if i < len(channels) - 1:
             layers += [ChannelLayerNorm(out, eps), nn.ReLU()]
         c = out
