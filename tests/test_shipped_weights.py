@@ -13,7 +13,7 @@ from nem_lightning.errors import ConfigError
 from nem_lightning.generators import generate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-# file -> (config, dataset, test AMI floor on 64 fresh sequences); the README lists the full test scores
+# file -> (config, dataset, test AMI floor on 64 fresh sequences); docs/results.md lists the full test scores
 SHIPPED = {
     "flying_shapes.ckpt": ("flying_shapes.yaml", "flying_shapes_3", 0.70),
     "shapes.ckpt": ("shapes.yaml", "shapes", 0.60),

@@ -20,7 +20,7 @@ from nem_lightning.generators import flying_mnist, shapes
 # replacement, as the original, and may stand still; their speed is an option (DEFAULT_MAX_SPEED).
 GENERATOR_VERSION = 2
 # Largest flying-shapes speed per axis (pixels per frame). The original moved 1 pixel per frame, but on such
-# slow data our model stays in its one-component phase for thousands of updates (README, "Flying shapes").
+# slow data our model stays in its one-component phase for thousands of updates (docs/results.md, "Flying shapes").
 DEFAULT_MAX_SPEED = 3
 SPLITS = ("training", "validation", "test")
 DEFAULT_SIZES = (50_000, 10_000, 10_000)
