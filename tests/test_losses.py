@@ -2,10 +2,19 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from nem_lightning.losses import inter_loss, intra_loss, outer_loss, step_weights, upper_bound_loss
+from nem_lightning.losses import (
+    inter_loss,
+    intra_loss,
+    next_frame_loss,
+    outer_loss,
+    step_weights,
+    upper_bound_loss,
+    upper_bound_per_step,
+)
 
 
 def _one_pixel(values):
@@ -88,7 +97,81 @@ def test_next_frame_loss_weighs_new_predictions_by_the_previous_gamma():
     g0, g1 = _one_pixel([1.0, 0.0]), _one_pixel([0.0, 1.0])
     p0, p1, p2 = _one_pixel([0.1, 0.1]), _one_pixel([0.8, 0.3]), _one_pixel([0.6, 0.9])
     targets = torch.ones(1, 3, 1, 1, 1, 1)
-    from nem_lightning.losses import next_frame_loss
-
     value = next_frame_loss([p0, p1, p2], [g0, g1, g1], targets, "bernoulli")
     assert value.item() == pytest.approx((-math.log(0.8) - math.log(0.9)) / 2, rel=1e-6)
+
+
+# Two samples, K = 2, 2x2 pixels, two steps: psi[b][k] and the clean next frame target[b] of step 0.
+STEP0_PSI = [
+    [[[0.2, 0.7], [0.9, 0.1]], [[0.6, 0.3], [0.4, 0.05]]],
+    [[[0.5, 0.5], [0.5, 0.5]], [[0.8, 0.2], [0.0, 1.0]]],  # psi = 1 against 0 is clipped to 1 - 1e-6
+]
+STEP0_TARGET = [[[1, 1], [0, 0]], [[0, 1], [0, 0]]]
+
+
+def _by_hand_upper_bound(psi, target, pixel_loss):
+    """Per sample: sum over pixels of pixel_loss(max_k psi, x); then the mean over samples, in plain Python."""
+    per_sample = []
+    for psi_b, target_b in zip(psi, target):
+        total = 0.0
+        for i in range(2):
+            for j in range(2):
+                total += pixel_loss(max(psi_k[i][j] for psi_k in psi_b), target_b[i][j])
+        per_sample.append(total)
+    return sum(per_sample) / len(per_sample)
+
+
+def _bce(p, x):
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return -(x * math.log(p) + (1 - x) * math.log(1 - p))
+
+
+def _steps(psi_steps, target_steps):
+    """Lists of nested Python values to the unroll's layout: T x (B, K, C, H, W) and (B, T, 1, C, H, W).
+
+    float64, so the clip at 1 - 1e-6 is exact (in float32 it rounds to 1 - 1.013e-6, capping at 13.80, as the
+    original's float32 clip did).
+    """
+    preds = [torch.tensor(psi, dtype=torch.float64).unsqueeze(2) for psi in psi_steps]
+    targets = torch.tensor(target_steps, dtype=torch.float64).transpose(0, 1)[:, :, None, None]
+    return preds, targets
+
+
+def test_upper_bound_last_and_mean_match_a_hand_computation():
+    """Last step and unweighted step mean of BCE(max_k psi, next frame), summed over pixels, mean over samples."""
+    step1_psi = [[[[0.5] * 2] * 2] * 2] * 2  # every pixel 0.5: log 2 per pixel whatever the target
+    step1_target = [[[0, 1], [1, 0]], [[1, 1], [1, 1]]]
+    preds, targets = _steps([STEP0_PSI, step1_psi], [STEP0_TARGET, step1_target])
+    step0 = (
+        -math.log(0.6) - math.log(0.7) - math.log(0.1) - math.log(0.9)  # sample 0: maxima 0.6, 0.7 / 0.9, 0.1
+        - math.log(0.2) - math.log(0.5) - math.log(0.5) - math.log(1e-6)  # sample 1: maxima 0.8, 0.5 / 0.5, 1.0
+    ) / 2  # fmt: skip
+    assert _by_hand_upper_bound(STEP0_PSI, STEP0_TARGET, _bce) == pytest.approx(step0)
+    step1 = 4 * math.log(2)
+    per_step = upper_bound_per_step(preds, targets, "bernoulli")
+    assert per_step.shape == (2,)
+    assert per_step[-1].item() == pytest.approx(step1, rel=1e-10)  # the original's "loss UB last"
+    assert per_step.mean().item() == pytest.approx((step0 + step1) / 2, rel=1e-10)
+    # the step-weighted sum logged as upper_bound is built from the same steps
+    assert upper_bound_loss(preds, targets, "bernoulli", [1.0, 1.0]).item() == pytest.approx(step0 + step1, rel=1e-10)
+
+
+def test_gaussian_upper_bound_is_half_the_squared_error_of_the_max():
+    """Gaussian pixels: 0.5 (max_k psi - x)^2, the original's unit-variance error (its log-sigma term is 0)."""
+    target = [[[0.5, 1.0], [0.0, 0.25]], [[1.0, 1.0], [0.0, 0.0]]]
+    preds, targets = _steps([STEP0_PSI], [target])
+    expected = _by_hand_upper_bound(STEP0_PSI, target, lambda p, x: 0.5 * (p - x) ** 2)
+    assert upper_bound_per_step(preds, targets, "gaussian")[-1].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_with_one_component_the_upper_bound_is_the_plain_bce_of_the_prediction():
+    """K = 1: the max over components is the prediction itself, so the bound is its BCE against the next frame."""
+    rng = np.random.default_rng(0)
+    B, T = 3, 4
+    psi = rng.uniform(0.01, 0.99, size=(B, T, 1, 1, 5, 5))  # (B, T, K=1, C, H, W), away from the clip
+    frames = (rng.uniform(size=(B, T, 1, 1, 5, 5)) < 0.3).astype(np.float64)  # (B, T, 1, C, H, W)
+    bce = -(frames * np.log(psi) + (1 - frames) * np.log(1 - psi))
+    expected = bce.reshape(B, T, -1).sum(-1).mean(0)  # (T,): summed over pixels, mean over samples
+    preds = [torch.from_numpy(psi[:, t]) for t in range(T)]
+    per_step = upper_bound_per_step(preds, torch.from_numpy(frames), "bernoulli")
+    np.testing.assert_allclose(per_step.numpy(), expected, rtol=1e-10)

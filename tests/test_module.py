@@ -1,9 +1,12 @@
-"""The LightningModule's training step: NaN losses stop the run; the compiled unroll matches eager."""
+"""The LightningModule: NaN losses stop the run; the compiled unroll matches eager; evaluation logs its losses."""
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from torch.utils.data import DataLoader
 
 from nem_lightning.errors import ConfigError, TrainingError
+from nem_lightning.losses import upper_bound_per_step
 from nem_lightning.module import NEMLightningModule
 
 
@@ -80,3 +83,44 @@ def test_layer_norm_epsilon_is_a_checked_model_option():
     assert _model().hparams.layer_norm_eps == 1e-12
     with pytest.raises(ConfigError, match=r"model.layer_norm_eps must lie in \(0, 1\), got 0.0"):
         _model(layer_norm_eps=0.0)
+
+
+def _batches(sizes, frames):
+    """Evaluation batches of binary frames (B, F, C, H, W) with groups (B, F, H, W), indexed like the data module's."""
+    torch.manual_seed(2)
+    batches, start = [], 0
+    for size in sizes:
+        index = torch.arange(start, start + size)
+        features = (torch.rand(size, frames, 1, 6, 6) < 0.3).float()
+        groups = torch.randint(0, 3, (size, frames, 6, 6))
+        batches.append({"features": features, "groups": groups, "index": index, "draw_index": index.tolist()})
+        start += size
+    return batches
+
+
+@pytest.mark.parametrize(("stage", "k", "frames"), [("val", 2, 4), ("test", 1, 4), ("test", 2, 1)])
+def test_evaluation_logs_the_last_and_mean_upper_bound_as_sample_means(stage, k, frames):
+    """val/ and test/ log upper_bound_last and upper_bound_mean for any K, video or static, as means over samples."""
+    model = NEMLightningModule(k=k, steps=3, input_shape=(1, 6, 6), hidden_size=8)
+    batches = _batches([3, 1], frames)  # uneven batches: a mean of batch means would weigh the 1 sample thrice
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    loader = DataLoader(batches, batch_size=None)
+    (trainer.validate if stage == "val" else trainer.test)(model, dataloaders=loader, verbose=False)
+    metrics = trainer.callback_metrics
+    assert {f"{stage}/{name}" for name in ("upper_bound", "upper_bound_last", "upper_bound_mean")} <= set(metrics)
+    assert (f"{stage}/next_frame_loss" in metrics) == (frames > 1)  # today's names stay as they were
+    with torch.no_grad():  # the same per-sample draws, batch by batch, weighted by the batch's samples
+        per_batch = [
+            upper_bound_per_step(out.preds, out.targets, "bernoulli")
+            for out in (model(b["features"], model._draws(b, stage)) for b in batches)
+        ]
+    assert (per_batch[0] - per_batch[1]).abs().min() > 0.1  # so the weighting is tested
+    expected = (3 * per_batch[0] + per_batch[1]) / 4  # (T,)
+    torch.testing.assert_close(metrics[f"{stage}/upper_bound_last"], expected[-1])
+    torch.testing.assert_close(metrics[f"{stage}/upper_bound_mean"], expected.mean())

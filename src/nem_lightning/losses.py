@@ -1,4 +1,4 @@
-"""The N-EM outer loss and the logged upper-bound loss.
+"""The N-EM outer loss and the logged upper-bound and next-frame losses.
 
 Per step: ``L_t = sum(gamma * intra) + w_inter * sum((1 - gamma) * inter)``, summed over K and pixels
 and averaged over the batch; total ``L = sum_t w_t L_t`` (not normalised). The intra term pulls the
@@ -86,6 +86,20 @@ def outer_loss(
     return OuterLoss(intra + w_inter * inter, intra, inter)
 
 
+def upper_bound_step(psi: Tensor, target: Tensor, distribution: Distribution) -> Tensor:
+    """One step's reconstruction loss of the pixelwise max over components, per sample summed, batch mean.
+
+    The max over K ignores gamma, so at a video step (psi computed from frame t, target frame t + 1) this is
+    a genuine next-step prediction error: BCE for Bernoulli pixels (psi clipped as in :func:`intra_loss`),
+    0.5 squared error for Gaussian ones (the original's unit-variance Gaussian error, whose log-sigma term is 0).
+
+    Args:
+        psi: (B, K, C, H, W) predictions; target: (B, 1, C, H, W).
+    """
+    best = psi.max(1, keepdim=True).values  # (B, 1, C, H, W)
+    return intra_loss(best, target, distribution).sum() / target.shape[0]
+
+
 def upper_bound_loss(
     preds: Sequence[Tensor], targets: Tensor, distribution: Distribution, weights: Sequence[float]
 ) -> Tensor:
@@ -100,9 +114,19 @@ def upper_bound_loss(
     total = targets.new_zeros(())
     for t, w in enumerate(weights):
         if w != 0.0:
-            best = preds[t].max(1, keepdim=True).values  # (B, 1, C, H, W)
-            total = total + w * intra_loss(best, targets[:, t], distribution).sum() / targets.shape[0]
+            total = total + w * upper_bound_step(preds[t], targets[:, t], distribution)
     return total
+
+
+def upper_bound_per_step(preds: Sequence[Tensor], targets: Tensor, distribution: Distribution) -> Tensor:
+    """:func:`upper_bound_step` at every step, unweighted: (T,).
+
+    Its last entry is what the original prints as "loss UB last" (its next-step prediction error on video).
+
+    Args:
+        preds: T tensors (B, K, C, H, W); targets: (B, T, 1, C, H, W).
+    """
+    return torch.stack([upper_bound_step(psi, targets[:, t], distribution) for t, psi in enumerate(preds)])
 
 
 def next_frame_loss(

@@ -16,14 +16,24 @@ from torchmetrics import MeanMetric
 from nem_lightning.data import inspect_split
 from nem_lightning.em import Distribution, EMOutput, NeuralEM, Noise, SampleDraws
 from nem_lightning.errors import ConfigError, DataError, TrainingError
-from nem_lightning.losses import OuterLoss, StepWeights, next_frame_loss, outer_loss, step_weights, upper_bound_loss
+from nem_lightning.losses import (
+    OuterLoss,
+    StepWeights,
+    next_frame_loss,
+    outer_loss,
+    step_weights,
+    upper_bound_loss,
+    upper_bound_per_step,
+)
 from nem_lightning.metrics import SequenceGroupingMetrics
 from nem_lightning.networks import Architecture, MStep, build_cell
 
 Stage = Literal["train", "val", "test", "predict"]
 EVAL_SPLITS = {"val": 1, "test": 2, "predict": 2}  # the file split each stage reads, keying its random streams
 SPLITS_READ = {"fit": ("training", "validation"), "validate": ("validation",), "test": ("test",), "predict": ("test",)}
-LOSSES = ("loss", "intra", "inter", "upper_bound", "next_frame_loss")  # logged per stage
+# Logged per stage. Evaluation adds the upper bound of the last step (the original's printed "loss UB last",
+# its next-step prediction error on video) and its unweighted mean over steps; docs/next_step_prediction.md.
+LOSSES = ("loss", "intra", "inter", "upper_bound", "upper_bound_last", "upper_bound_mean", "next_frame_loss")
 
 
 class NEMLightningModule(pl.LightningModule):
@@ -207,6 +217,9 @@ class NEMLightningModule(pl.LightningModule):
         if not torch.isfinite(loss.total):
             raise TrainingError(f"the {stage} loss became {loss.total.item()}; lower model.lr or check the data")
         logged = {"loss": loss.total, "intra": loss.intra, "inter": loss.inter, "upper_bound": upper}
+        if not train:  # any K, static or video: the max over K needs no grouping
+            per_step = upper_bound_per_step(out.preds, out.targets, hp.distribution)  # (T,)
+            logged["upper_bound_last"], logged["upper_bound_mean"] = per_step[-1], per_step.mean()
         if not train and batch["features"].shape[1] > 1 and hp.steps > 1:  # video: genuine next-frame prediction
             logged["next_frame_loss"] = next_frame_loss(out.preds, out.gammas, out.targets, hp.distribution)
         size = batch["features"].shape[0]
