@@ -13,10 +13,10 @@ import argparse
 import time
 
 import torch
-import yaml
 
 from nem_lightning.data import GroupingDataModule
 from nem_lightning.module import NEMLightningModule
+from nem_lightning.options import load_config
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=100, help="training batches to time from the loader")
     parser.add_argument("--steps", type=int, default=3, help="training steps to time (after one warm-up)")
     args = parser.parse_args(argv)
-    config = yaml.safe_load(open(args.config))
+    config = load_config(args.config)  # with its base (the shared model block)
     data = GroupingDataModule(**config["data"])
     data.prepare_data()
     data.setup("fit")

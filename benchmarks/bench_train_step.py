@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from nem_lightning.module import NEMLightningModule
+from nem_lightning.options import load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 RECIPES = ("shapes", "shapes_nem", "flying_shapes", "flying_mnist")
@@ -40,7 +40,7 @@ BATCH = 64
 
 def build(recipe: str, compile_mode: str | None, device: str) -> tuple[NEMLightningModule, torch.Tensor]:
     """The recipe's model (options from its config) and a fixed random batch of its shape."""
-    options = yaml.safe_load((CONFIGS / f"{recipe}.yaml").read_text())["model"]
+    options = load_config(CONFIGS / f"{recipe}.yaml")["model"]  # with the shared model block
     options.update(compile=compile_mode is not None, compile_mode=compile_mode or "default")
     torch.manual_seed(0)
     model = NEMLightningModule(**options).to(device)

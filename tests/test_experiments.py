@@ -11,6 +11,7 @@ import nem_lightning
 from helpers import CONFIGS, fit_args, reference_test_ami, write_official_layout
 from nem_lightning.cli import run
 from nem_lightning.generators import generate_dataset
+from nem_lightning.options import load_config
 
 EXPERIMENTS = sorted(p.name for p in CONFIGS.glob("*.yaml") if p.name != "debug.yaml")
 FRAMES = 6  # tiny sequences: 3 EM steps need 4 frames; the rest shows longer files are fine
@@ -39,7 +40,7 @@ def _args(subcommand, config, data_path, out, *extra):
 @pytest.mark.parametrize("config", EXPERIMENTS)
 def test_every_shipped_config_trains_a_few_steps(config, tiny_files, tmp_path):
     """Each config in configs/ fits 2 epochs of 4 batches on its own (tiny) dataset and validates."""
-    settings = yaml.safe_load((CONFIGS / config).read_text())
+    settings = load_config(CONFIGS / config)
     path = tiny_files(settings["data"]["generate"])
     steps = [] if settings["model"]["steps"] < FRAMES else ["--model.steps", "3"]
     cli = run(_args("fit", config, path, tmp_path, *steps))
@@ -52,10 +53,15 @@ def test_every_shipped_config_trains_a_few_steps(config, tiny_files, tmp_path):
 
 @pytest.mark.parametrize("config", EXPERIMENTS)
 def test_experiment_configs_state_only_name_model_and_data_over_the_base(config, capsys, tmp_path):
-    """Each experiment names its run after its file and takes trainer, loggers and callbacks from the base."""
-    settings = yaml.safe_load((CONFIGS / config).read_text())
-    assert settings["name"] == Path(config).stem
-    assert set(settings) <= {"name", "model", "data", "trainer"}
+    """Each experiment names its run after its file and takes trainer, loggers and callbacks from the base;
+    one that names a shared model block (``base:``) states only its K and data."""
+    stated = yaml.safe_load((CONFIGS / config).read_text())
+    settings = load_config(CONFIGS / config)
+    assert settings["name"] == stated["name"] == Path(config).stem
+    assert set(stated) <= {"base", "name", "model", "data", "trainer"}
+    if "base" in stated:
+        assert set(stated["model"]) == {"k"} and set(stated["data"]) == {"path", "generate"}
+        assert "trainer" not in stated
     assert set(settings.get("trainer") or {}) <= {"precision"}  # the flying configs' bf16, nothing else
     with pytest.raises(SystemExit):
         run(["fit", "--config", str(CONFIGS / config), "--print_config"])
@@ -65,7 +71,32 @@ def test_experiment_configs_state_only_name_model_and_data_over_the_base(config,
         c["class_path"] for c in base["trainer"]["callbacks"]
     ]
     assert printed["trainer"]["max_epochs"] == 500 and printed["seed_everything"] == 0
-    assert printed["name"] == Path(config).stem and printed["model"]["k"] == settings["model"]["k"]
+    assert printed["name"] == Path(config).stem and printed["base"] is None  # complete without its base
+    assert {k: printed["model"][k] for k in settings["model"]} == settings["model"]
+
+
+def test_a_run_of_an_experiment_with_a_base_saves_a_config_that_reruns_elsewhere(tiny_files, tmp_path):
+    """The saved config.yaml of a flying-shapes run holds the whole model block and reruns from another folder."""
+    path = tiny_files("flying_shapes_3")
+    first = run(_args("fit", "flying_shapes.yaml", path, tmp_path, "--model.steps", "3", "--trainer.max_epochs=1"))
+    saved = next(tmp_path.glob("flying_shapes/version_0/config.yaml"))
+    moved = tmp_path / "elsewhere" / "config.yaml"
+    moved.parent.mkdir()
+    moved.write_text(saved.read_text())
+    config = yaml.safe_load(moved.read_text())
+    assert config["base"] is None and config["model"]["architecture"] == "flying_shapes"
+    again = run(["fit", "--config", str(moved), "--trainer.enable_progress_bar", "false"])
+    assert again.trainer.global_step == first.trainer.global_step > 0
+    assert again.model.hparams == first.model.hparams
+
+
+def test_a_missing_or_circular_base_is_one_line(tmp_path, capsys):
+    from helpers import fails_with
+
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nname: a\n")
+    assert "its base 'b.yaml'" in fails_with(capsys, ["fit", "--config", str(tmp_path / "a.yaml")])
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    assert "names itself through its bases" in fails_with(capsys, ["fit", "--config", str(tmp_path / "a.yaml")])
 
 
 def test_saved_config_names_the_loggers_after_the_run_and_reproduces_it(tiny_files, tmp_path):

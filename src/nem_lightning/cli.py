@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
+from jsonargparse import Namespace
 from pytorch_lightning import Trainer
 from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import Callback, ProgressBar, RichProgressBar
@@ -35,7 +36,13 @@ from nem_lightning.checkpoints import (
 from nem_lightning.data import GroupingDataModule
 from nem_lightning.errors import NEMError
 from nem_lightning.module import NEMLightningModule
-from nem_lightning.options import NEMArgumentParser, check_config_files, stated_model_options
+from nem_lightning.options import (
+    NEMArgumentParser,
+    check_config_files,
+    config_files,
+    expand_bases,
+    stated_model_options,
+)
 from nem_lightning.prediction import HDF5PredictionWriter, check_writable
 from nem_lightning.runs import (
     Reservation,
@@ -56,12 +63,14 @@ SIGTERM_EXIT = 143  # 128 + SIGTERM, what a scheduler expects from a process sto
 class NEMCLI(LightningCLI):
     """LightningCLI for Neural EM.
 
-    State the hooks share: ``_args`` (the command line), ``_checkpoint`` (the ``--ckpt_path`` file, read once)
+    State the hooks share: ``_args`` (the command line, bases of config files added), ``_checkpoint`` (the
+    ``--ckpt_path`` file, read once)
     and ``_reservation`` (the run folders made for this run, removed again if it fails before writing).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._args: list[str] = []
+        self._first_config: str | None = None
         self._checkpoint: dict[str, Any] = {}
         self._reservation = Reservation()
         try:
@@ -71,13 +80,26 @@ class NEMCLI(LightningCLI):
             raise
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        self._args = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else []
+        # Replaces Lightning's, which only warns when args and sys.argv are both given and parses.
+        if isinstance(args, (dict, Namespace)):
+            self.config = parser.parse_object(args)
+            return
+        given = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        self._args = expand_bases(given)  # each config's bases are read before it
+        self._first_config = next(iter(config_files(given)), None)  # the run's default name, not a base's
         check_config_files(self._args)  # a missing or broken YAML file is named, with the place of the fault
-        super().parse_arguments(parser, args)
+        self.config = parser.parse_args(self._args)
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         # Private Lightning hook, the only one that knows which subcommand a parser is for.
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        parser.add_argument(
+            "--base",
+            type=read_already,
+            default=None,
+            help="In a config file: a config file (relative to it) read before it, e.g. the model block an "
+            "experiment shares with others. Read when the file is; null in the saved config.yaml.",
+        )
         parser.add_argument(
             "--name",
             type=Optional[str],
@@ -159,7 +181,7 @@ class NEMCLI(LightningCLI):
         if self.subcommand != "fit" or self.config.fit.trainer.logger is False:
             self.save_config_callback = None
         config = self.config[self.subcommand]
-        name_loggers(config.trainer.logger, run_name(config))
+        name_loggers(config.trainer.logger, run_name(config, self._first_config))
         # Scoring runs always get a new folder: a checkpoint's training folder keeps its own metrics.csv.
         resume_from = config.get("ckpt_path") if self.subcommand == "fit" else None
         self._reservation = reserve_run_folders(config.trainer.logger, resume_from)
@@ -234,6 +256,12 @@ class NEMCLI(LightningCLI):
 
 
 BASE_CONFIG = Path(__file__).with_name("base.yaml")  # trainer, loggers and callbacks every run shares
+
+
+def read_already(value: Any) -> None:
+    """``base`` of a config file: read before the file by ``expand_bases``; nothing is left to parse or save, so
+    ``--print_config`` and the saved config.yaml show the complete result without it (and rerun from anywhere)."""
+    return None
 
 
 def warn_slow_bf16(trainer: Trainer) -> None:

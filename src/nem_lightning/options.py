@@ -1,4 +1,7 @@
-"""Command-line option errors as one line: config files checked by name, parse errors without the usage block.
+"""Config files and command-line options: bases of config files, and errors as one line.
+
+A config file may name a ``base:`` config (a path relative to its own folder) that is read before it, so an
+experiment states only what differs from the model block it shares with others.
 
 jsonargparse prints a 70-line usage block before a parse error, names YAML syntax errors ``"<unicode string>"``
 and reports a wrong type as ``Parser key "model.k": Expected a <class 'int'>``. Here each becomes one line that
@@ -30,28 +33,82 @@ def config_files(args: list[str]) -> list[str]:
     return files
 
 
+def _read_yaml(name: str) -> Any:
+    path = Path(name)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise ConfigError(f"--config {name!r} {what}; name a YAML config file")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+
+        def at(mark: Any) -> str:
+            return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context", None)
+        opened = f"{context}{at(getattr(err, 'context_mark', None))}: " if context else ""
+        raise ConfigError(
+            f"--config {name!r} is not valid YAML ({opened}{problem}{at(getattr(err, 'problem_mark', None))})"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--config {name!r} could not be read ({err})") from None
+
+
+def base_chain(name: str, seen: tuple[str, ...] = ()) -> list[str]:
+    """A config file and the bases it names (``base:``, relative to its folder), the farthest base first."""
+    loaded = _read_yaml(name)
+    base = loaded.get("base") if isinstance(loaded, dict) else None
+    if not base:
+        return [name]
+    path = str(Path(name).parent / str(base))
+    if path in seen or path == name:
+        raise ConfigError(f"--config {name!r}: its base {base!r} names itself through its bases")
+    if not Path(path).is_file():
+        raise ConfigError(f"--config {name!r}: its base {base!r} ({path}) does not exist")
+    return [*base_chain(path, (*seen, name)), name]
+
+
+def expand_bases(args: list[str]) -> list[str]:
+    """The command line with each ``--config`` file preceded by the bases it names, so they are read first."""
+    out, i = [], 0
+    while i < len(args):
+        token = args[i]
+        if token in ("--config", "-c") and i + 1 < len(args):
+            name, i = args[i + 1], i + 2
+        elif token.startswith("--config="):
+            name, i = token.split("=", 1)[1], i + 1
+        else:
+            out.append(token)
+            i += 1
+            continue
+        for file in base_chain(name):
+            out += ["--config", file]
+    return out
+
+
+def _merge(into: dict, other: dict) -> dict:
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value  # lists and values are replaced whole, as jsonargparse does
+    return into
+
+
+def load_config(name: str) -> dict[str, Any]:
+    """What a config file sets once its bases are read (``base`` dropped): for scripts that read configs."""
+    merged: dict[str, Any] = {}
+    for file in base_chain(str(name)):
+        _merge(merged, _read_yaml(file) or {})
+    merged.pop("base", None)
+    return merged
+
+
 def check_config_files(args: list[str]) -> None:
     """Refuse a missing ``--config`` file or one that is not valid YAML, naming it and the place of the fault."""
     for name in config_files(args):
-        path = Path(name)
-        if not path.is_file():
-            what = "is a directory" if path.is_dir() else "does not exist"
-            raise ConfigError(f"--config {name!r} {what}; name a YAML config file")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-
-            def at(mark: Any) -> str:
-                return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            context = getattr(err, "context", None)
-            opened = f"{context}{at(getattr(err, 'context_mark', None))}: " if context else ""
-            raise ConfigError(
-                f"--config {name!r} is not valid YAML ({opened}{problem}{at(getattr(err, 'problem_mark', None))})"
-            ) from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"--config {name!r} could not be read ({err})") from None
+        loaded = _read_yaml(name)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"--config {name!r} must hold a mapping of options, not a {type(loaded).__name__}")
 

@@ -25,12 +25,12 @@ def _entries(loggers: Any) -> list[Any]:
     return [item for item in (loggers if isinstance(loggers, list) else [loggers]) if hasattr(item, "init_args")]
 
 
-def run_name(config: Any) -> str:
-    """The run's name: ``name`` if set, else the first ``--config`` file's stem, else ``nem``."""
+def run_name(config: Any, first_config: str | None = None) -> str:
+    """The run's name: ``name`` if set, else the first ``--config`` file's stem (not a base's), else ``nem``."""
     if config.get("name"):
         return str(config.name)
-    files = [Path(str(path)) for path in config.get("config") or []]
-    return files[0].stem if files else "nem"
+    files = [first_config] if first_config else [str(path) for path in config.get("config") or []]
+    return Path(files[0]).stem if files else "nem"
 
 
 def name_loggers(loggers: Any, name: str) -> None:
