@@ -23,14 +23,28 @@ same script is exercised before it meets a GPU. The full mode, with the defaults
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import os
-import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+# the side-by-side runner beside this script: how the training runs of step 4 are started, waited for and read
+from side_by_side import (
+    Run,
+    best_checkpoint,
+    collect,
+    curve,
+    export_weights,
+    fit_command,
+    max_time,
+    read_metrics,
+    start,
+    updates_done,
+    wait_all,
+)
+from side_by_side import child_env as runner_env
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/flying_shapes.yaml"
@@ -45,20 +59,63 @@ FULL_RUNS = {
 }
 
 
+@dataclass
+class Environment:
+    """What the probe of step 1 found: versions, the device, and whether the check runs reduced."""
+
+    torch: str
+    lightning: str
+    jsonargparse: str
+    device: str
+    reduced: bool
+
+
 def log(message: str) -> None:
     print(f"[gpu_check {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def child_env(site: Path | None) -> dict[str, str]:
     """Environment of every child: the package from src/, carried wheels, no W&B, unbuffered output."""
-    env = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
-    paths = [str(ROOT / "src")] + ([str(site)] if site else []) + [env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    return env
+    return runner_env([str(site)] if site else [])
+
+
+def run(command: list[str], logfile: Path, timeout: float, env: dict[str, str] | None = None) -> int:
+    """Run to completion (or ``timeout`` seconds), output into ``logfile``; return the exit status."""
+    with open(logfile, "w") as f:
+        try:
+            return subprocess.run(
+                command, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=timeout
+            ).returncode
+        except subprocess.TimeoutExpired:
+            f.write(f"\n[gpu_check] stopped after {timeout:.0f} s\n")
+            return 124
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("gpu_results"), help="folder for the results")
+    parser.add_argument("--minutes", type=float, default=5.5, help="training time of each run (full mode)")
+    parser.add_argument("--bench-seconds", type=float, default=90, help="time limit of the compiled benchmark rows")
+    parser.add_argument("--val-every", type=int, default=300, help="validate every N updates (full mode)")
+    parser.add_argument("--runs", nargs="+", default=list(FULL_RUNS), choices=list(FULL_RUNS), help="runs to train")
+    parser.add_argument("--reduced", action="store_true", help="tiny sizes and a few updates (always on CPU)")
+    return parser.parse_args(argv)
+
+
+def results_folder(path: Path) -> Path:
+    """``--out``, created; refused when it holds anything, so earlier results are never overwritten."""
+    out = path.resolve()
+    if out.exists() and any(out.iterdir()):
+        sys.exit(f"gpu_check: {out} is not empty; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# 1. wheels
 
 
 def install_wheels(out: Path) -> Path | None:
-    """Install ``.whl/*.whl`` into a temporary folder when jsonargparse cannot be imported; return it."""
+    """Install ``.whl/*.whl`` into a new temporary folder when jsonargparse cannot be imported; return it."""
     try:
         import jsonargparse  # noqa: F401
 
@@ -68,7 +125,7 @@ def install_wheels(out: Path) -> Path | None:
     wheels = sorted((ROOT / ".whl").glob("*.whl"))
     if not wheels:
         sys.exit("gpu_check: jsonargparse is not installed and no wheels are in .whl/")
-    site = Path("/tmp/nem_site")
+    site = Path(tempfile.mkdtemp(prefix="nem_site_"))  # a fresh folder: nothing left from an earlier check
     command = [
         sys.executable,
         "-m",
@@ -88,77 +145,9 @@ def install_wheels(out: Path) -> Path | None:
     return site
 
 
-def run(command: list[str], logfile: Path, timeout: float, env: dict[str, str] | None = None) -> int:
-    """Run to completion (or ``timeout`` seconds), output into ``logfile``; return the exit status."""
-    with open(logfile, "w") as f:
-        try:
-            return subprocess.run(
-                command, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=timeout
-            ).returncode
-        except subprocess.TimeoutExpired:
-            f.write(f"\n[gpu_check] stopped after {timeout:.0f} s\n")
-            return 124
-
-
-def start(command: list[str], logfile: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(command, stdout=open(logfile, "w"), stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-
-
-def wait(process: subprocess.Popen, timeout: float) -> int:
-    try:
-        return process.wait(timeout=max(timeout, 1))
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return 124
-
-
-def read_metrics(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
-def curve(rows: list[dict[str, str]]) -> list[dict[str, float]]:
-    """Validation rows: update, minutes, val AMI (mean of steps and last step), confidence, loss."""
-    points = []
-    for row in rows:
-        if row.get("val/ami"):
-
-            def number(key: str, row: dict[str, str] = row) -> float:
-                return float(row[key]) if row.get(key) else float("nan")
-
-            points.append(
-                {
-                    "update": number("step"),
-                    "minutes": number("time/minutes"),
-                    "ami": number("val/ami"),
-                    "ami_last": number("val/ami_last"),
-                    "confidence": number("val/confidence"),
-                    "loss": number("val/loss"),
-                }
-            )
-    return points
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("gpu_results"), help="folder for the results")
-    parser.add_argument("--minutes", type=float, default=5.5, help="training time of each run (full mode)")
-    parser.add_argument("--bench-seconds", type=float, default=90, help="time limit of the compiled benchmark rows")
-    parser.add_argument("--val-every", type=int, default=300, help="validate every N updates (full mode)")
-    parser.add_argument("--runs", nargs="+", default=list(FULL_RUNS), choices=list(FULL_RUNS), help="runs to train")
-    parser.add_argument("--reduced", action="store_true", help="tiny sizes and a few updates (always on CPU)")
-    args = parser.parse_args(argv)
-    out = args.out.resolve()
-    if out.exists() and any(out.iterdir()):
-        sys.exit(f"gpu_check: {out} is not empty; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-
-    site = install_wheels(out)
-    env = child_env(site)
-    probe = subprocess.run(
+def probe(env: dict[str, str], reduced: bool) -> Environment:
+    """Versions and device as the children see them; the reduced mode when asked for or without a GPU."""
+    done = subprocess.run(
         [
             sys.executable,
             "-c",
@@ -171,19 +160,23 @@ def main(argv: list[str] | None = None) -> None:
         cwd=ROOT,
         env=env,
     )
-    if probe.returncode:
-        sys.exit(f"gpu_check: the environment cannot import what nem needs:\n{probe.stderr}")
-    torch_version, pl_version, jap_version, cuda, device = probe.stdout.split(maxsplit=4)
-    reduced = args.reduced or cuda != "True"
+    if done.returncode:
+        sys.exit(f"gpu_check: the environment cannot import what nem needs:\n{done.stderr}")
+    torch_version, pl_version, jap_version, cuda, device = done.stdout.split(maxsplit=4)
+    found = Environment(torch_version, pl_version, jap_version, device.strip(), reduced or cuda != "True")
     log(
-        f"torch {torch_version}, lightning {pl_version}, jsonargparse {jap_version}, device {device.strip()}, "
-        f"{'reduced' if reduced else 'full'} mode"
+        f"torch {found.torch}, lightning {found.lightning}, jsonargparse {found.jsonargparse}, device {found.device}, "
+        f"{'reduced' if found.reduced else 'full'} mode"
     )
-    python = sys.executable
-    data = out / "data"
-    data.mkdir()
+    return found
 
-    # 2. data, generated while the tests and the benchmark run
+
+# 2. data
+
+
+def start_data(out: Path, data: Path, reduced: bool, env: dict[str, str]) -> dict[str, subprocess.Popen]:
+    """Start generating the flying-shapes variants, side by side; they run while the tests and the benchmark do."""
+    data.mkdir()
     sizes = (
         ["--train", "64", "--val", "16", "--test", "16"]
         if reduced
@@ -193,10 +186,10 @@ def main(argv: list[str] | None = None) -> None:
     variants = {"speed1": ["--max-speed", "1"], "speed3": ["--max-speed", "3"]}
     if reduced:
         variants = {"speed1": variants["speed1"]}
-    generators = {
+    return {
         name: start(
             [
-                python,
+                sys.executable,
                 "-m",
                 "nem_lightning.generators.command",
                 "flying-shapes",
@@ -208,11 +201,28 @@ def main(argv: list[str] | None = None) -> None:
             ],
             out / f"data_{name}.log",
             env,
+            ROOT,
         )
         for name, extra in variants.items()
     }
 
-    # 3. CUDA tests, then the benchmark
+
+def wait_for_data(out: Path, generators: dict[str, subprocess.Popen]) -> None:
+    """Wait for the data (10 minutes at most); stop the check if any file could not be made."""
+    finished = wait_all(generators, time.monotonic() + 600)
+    for name in generators:
+        status = 124 if finished[name].timed_out else finished[name].returncode
+        log(f"data {name}: exit {status}")
+        if status:
+            sys.exit(f"gpu_check: generating {name} failed; see {out / f'data_{name}.log'}")
+
+
+# 3. CUDA tests and the benchmark
+
+
+def tests_and_benchmark(out: Path, reduced: bool, bench_seconds: float, env: dict[str, str]) -> None:
+    """The CUDA tests and the eager and compiled benchmark on a GPU; one small eager benchmark row otherwise."""
+    python = sys.executable
     if not reduced:
         status = run(
             [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", "tests"],
@@ -235,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         log(f"benchmark, eager: exit {status}")
         # compilation takes a minute or more per row: whatever finishes within the limit is reported
         compiled = [*bench, "--precisions", "bf16", "--modes", "reduce-overhead", "compiled"]
-        status = run(compiled, out / "bench_compiled.log", timeout=args.bench_seconds, env=env)
+        status = run(compiled, out / "bench_compiled.log", timeout=bench_seconds, env=env)
     else:
         bench = [
             python,
@@ -255,14 +265,14 @@ def main(argv: list[str] | None = None) -> None:
         ]
         status = run(bench, out / "bench.log", timeout=300, env=env)
     log(f"benchmark: exit {status}")
-    for name, process in generators.items():
-        status = wait(process, 600)
-        log(f"data {name}: exit {status}")
-        if status:
-            sys.exit(f"gpu_check: generating {name} failed; see {out / f'data_{name}.log'}")
 
-    # 4. training runs, side by side
-    runs = {"flagship": FULL_RUNS["flagship"]} if reduced else {name: FULL_RUNS[name] for name in args.runs}
+
+# 4. training runs, side by side
+
+
+def training_runs(data: Path, names: list[str], reduced: bool, minutes: float, val_every: int) -> list[Run]:
+    """The runs of step 4 on the data of step 2: the flagship alone when reduced, else those asked for."""
+    chosen = ["flagship"] if reduced else names
     limit = (
         [
             "--trainer.max_steps",
@@ -279,117 +289,134 @@ def main(argv: list[str] | None = None) -> None:
         if reduced
         else [
             "--trainer.max_time",
-            f"00:00:{int(args.minutes):02d}:{int(args.minutes % 1 * 60):02d}",
+            max_time(minutes),
             "--trainer.val_check_interval",
-            str(args.val_every),
+            str(val_every),
             "--data.num_workers",
             "2",
         ]
     )
-    processes = {}
-    for name, (variant, extra) in runs.items():
-        logger = json.dumps(
-            {
-                "class_path": "pytorch_lightning.loggers.CSVLogger",
-                "init_args": {"save_dir": str(out / "runs"), "name": name, "version": 0},
-            }
-        )
-        command = [
-            python,
+    runs = []
+    for name in chosen:
+        variant, extra = FULL_RUNS[name]
+        # the data is made in step 2, so no run generates it (two runs would write the same file)
+        data_options = ["--data.path", str(data / f"flying_shapes_3_{variant}.h5"), "--data.generate", "null"]
+        runs.append(Run(name, [CONFIG], [*data_options, *limit, *extra]))
+    return runs
+
+
+def train_side_by_side(out: Path, runs: list[Run], reduced: bool, minutes: float, env: dict[str, str]) -> None:
+    """Start every run at once and wait for them, with a deadline (the runs' time plus start-up and validation)."""
+    processes = {
+        run.name: start(fit_command(run, out / "runs"), out / f"fit_{run.name}.log", env, ROOT) for run in runs
+    }
+    deadline = time.monotonic() + (600 if reduced else minutes * 60 + 180)
+    finished = wait_all(processes, deadline)
+    for run in runs:
+        end = finished[run.name]
+        log(f"fit {run.name}: exit {124 if end.timed_out else end.returncode}")
+
+
+# 5. score
+
+
+def score_flagship(out: Path, data: Path, env: dict[str, str]) -> list[str]:
+    """``nem test`` of the flagship's best checkpoint on the test split, and its weights exported; summary lines."""
+    best = best_checkpoint(out / "runs" / "flagship" / "version_0")
+    if best is None:
+        return []
+    test_log = out / "test_flagship.log"
+    status = run(
+        [
+            sys.executable,
             "-m",
             "nem_lightning.cli",
-            "fit",
+            "test",
             "--config",
             CONFIG,
+            "--ckpt_path",
+            str(best),
             "--data.path",
-            str(data / f"flying_shapes_3_{variant}.h5"),
+            str(data / "flying_shapes_3_speed1.h5"),
             "--data.generate",
             "null",
             "--trainer.logger",
-            logger,
-            *limit,
-            *extra,
-        ]
-        processes[name] = start(command, out / f"fit_{name}.log", env)
-    deadline = time.monotonic() + (600 if reduced else args.minutes * 60 + 180)  # start-up and last validation
-    for name, process in processes.items():
-        log(f"fit {name}: exit {wait(process, deadline - time.monotonic())}")
-
-    # 5. score the flagship's best checkpoint on the test split
-    checkpoints = sorted((out / "runs" / "flagship" / "version_0" / "checkpoints").glob("best-*.ckpt"))
-    summary = [
-        f"# gpu_check ({'reduced' if reduced else 'full'} mode)",
+            "false",
+        ],
+        test_log,
+        timeout=600,
+        env=env,
+    )
+    log(f"test flagship: exit {status}")
+    export_weights({"flagship": (best, out / "flying_shapes_flagship.ckpt")}, out / "export.log", env, ROOT)
+    return [
+        f"flagship best checkpoint {best.name}; `nem test` exit {status}:",
         "",
-        f"torch {torch_version}, lightning {pl_version}, device {device.strip()}",
+        "```",
+        *[line for line in test_log.read_text().splitlines() if "test/" in line],
+        "```",
         "",
     ]
-    if checkpoints:
-        best = checkpoints[-1]
-        test_log = out / "test_flagship.log"
-        status = run(
-            [
-                python,
-                "-m",
-                "nem_lightning.cli",
-                "test",
-                "--config",
-                CONFIG,
-                "--ckpt_path",
-                str(best),
-                "--data.path",
-                str(data / "flying_shapes_3_speed1.h5"),
-                "--data.generate",
-                "null",
-                "--trainer.logger",
-                "false",
-            ],
-            test_log,
-            timeout=600,
-            env=env,
-        )
-        log(f"test flagship: exit {status}")
-        export = [python, "-m", "nem_lightning.checkpoints", str(best), str(out / "flying_shapes_flagship.ckpt")]
-        run(export, out / "export.log", 120, env)
-        summary += [
-            f"flagship best checkpoint {best.name}; `nem test` exit {status}:",
-            "",
-            "```",
-            *[line for line in test_log.read_text().splitlines() if "test/" in line],
-            "```",
-            "",
-        ]
 
-    # 6. summary, curves and figures
-    for name in runs:
-        version = out / "runs" / name / "version_0"
-        rows = read_metrics(version / "metrics.csv")
-        points = curve(rows)
-        steps = [float(r["step"]) for r in rows if r.get("step")]
-        train_minutes = max((p["minutes"] for p in points), default=float("nan"))
-        summary += [f"## {name}", ""]
-        if steps and points:
-            summary.append(f"{int(max(steps)) + 1} updates in {train_minutes:.2f} minutes (validation included)")
-        if len(points) >= 2:  # between the first and the last validation: start-up excluded
-            first, last = points[0], points[-1]
-            rate = (last["update"] - first["update"]) / ((last["minutes"] - first["minutes"]) * 60)
-            summary.append(f"{rate:.2f} updates/s between updates {first['update']:.0f} and {last['update']:.0f}")
-        summary += [
-            "",
-            "| update | minutes | val AMI | val AMI last step | confidence | val loss |",
-            "|---|---|---|---|---|---|",
-        ]
-        summary += [
-            f"| {p['update']:.0f} | {p['minutes']:.2f} | {p['ami']:.3f} | {p['ami_last']:.3f} | "
-            f"{p['confidence']:.3f} | {p['loss']:.0f} |"
-            for p in points
-        ]
-        summary.append("")
-        if (version / "metrics.csv").is_file():
-            shutil.copy(version / "metrics.csv", out / f"metrics_{name}.csv")
-        figures = sorted((version / "figures").glob("*sample0.png"))
-        if figures:
-            shutil.copy(figures[-1], out / f"figure_{name}.png")
+
+# 6. summary
+
+
+def run_summary(out: Path, name: str) -> list[str]:
+    """One run's part of summary.md (updates, updates per second, AMI curve); its metrics and figure copied."""
+    version = out / "runs" / name / "version_0"
+    rows = read_metrics(version / "metrics.csv")
+    points = curve(rows)
+    train_minutes = max((p["minutes"] for p in points), default=float("nan"))
+    lines = [f"## {name}", ""]
+    if updates_done(rows) and points:
+        lines.append(f"{updates_done(rows)} updates in {train_minutes:.2f} minutes (validation included)")
+    if len(points) >= 2:  # between the first and the last validation: start-up excluded
+        first, last = points[0], points[-1]
+        rate = (last["update"] - first["update"]) / ((last["minutes"] - first["minutes"]) * 60)
+        lines.append(f"{rate:.2f} updates/s between updates {first['update']:.0f} and {last['update']:.0f}")
+    lines += [
+        "",
+        "| update | minutes | val AMI | val AMI last step | confidence | val loss |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {p['update']:.0f} | {p['minutes']:.2f} | {p['ami']:.3f} | {p['ami_last']:.3f} | "
+        f"{p['confidence']:.3f} | {p['loss']:.0f} |"
+        for p in points
+    ]
+    collect(name, version, out)  # metrics_<name>.csv and figure_<name>.png
+    return [*lines, ""]
+
+
+def write_summary(out: Path, found: Environment, scores: list[str], runs: list[Run]) -> None:
+    """summary.md: the environment, the flagship's test scores, then each run's curve."""
+    summary = [
+        f"# gpu_check ({'reduced' if found.reduced else 'full'} mode)",
+        "",
+        f"torch {found.torch}, lightning {found.lightning}, device {found.device}",
+        "",
+        *scores,
+    ]
+    for training in runs:
+        summary += run_summary(out, training.name)
     (out / "summary.md").write_text("\n".join(summary) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out = results_folder(args.out)
+    started = time.monotonic()
+    env = child_env(install_wheels(out))  # 1.
+    found = probe(env, args.reduced)
+    data = out / "data"
+    generators = start_data(out, data, found.reduced, env)  # 2., while 3. runs
+    tests_and_benchmark(out, found.reduced, args.bench_seconds, env)  # 3.
+    wait_for_data(out, generators)
+    runs = training_runs(data, args.runs, found.reduced, args.minutes, args.val_every)
+    train_side_by_side(out, runs, found.reduced, args.minutes, env)  # 4.
+    scores = score_flagship(out, data, env)  # 5.
+    write_summary(out, found, scores, runs)  # 6.
     log(f"done in {(time.monotonic() - started) / 60:.1f} minutes; summary in {out / 'summary.md'}")
 
 
