@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     for i in range(args.steps + 1):
         begin = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            _, loss, _ = model._unroll_and_loss(batch["features"])
+            _, loss, _ = model.unroll_and_loss(batch["features"])
         optimizer.zero_grad()
         loss.total.backward()
         optimizer.step()

@@ -173,7 +173,7 @@ def bench_update(bf16: bool, repeats: int, warmup: int) -> None:
     for key, model in models.items():  # the same draws (noise, initial gamma) for each: the same loss
         torch.manual_seed(1)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            losses[key] = model._unroll_and_loss(batch)[1].total.item()
+            losses[key] = model.unroll_and_loss(batch)[1].total.item()
     updates = {key: update_fn(model, False, bf16, "cpu") for key, model in models.items()}
     fns = {key: partial(update, batch) for key, update in updates.items()}
     report("update (flying shapes, B=64, K=3)", interleaved(fns, repeats, warmup))

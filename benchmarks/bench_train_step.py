@@ -57,7 +57,7 @@ def build(recipe: str, compile_mode: str | None, device: str) -> tuple[NEMLightn
 
 def update_fn(model: NEMLightningModule, compiled: bool, bf16: bool, device: str):
     """One training update as a closure, returning the loss."""
-    step = model._compiled_unroll_and_loss if compiled else model._unroll_and_loss
+    step = partial(model.unroll_and_loss, compiled=compiled)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
 
     def update(batch: torch.Tensor) -> torch.Tensor:
@@ -109,7 +109,7 @@ def update_flops(recipe: str) -> int:
             layer.forward = partial(_paper_upsample_conv, layer)
     counter = FlopCounterMode(display=False)
     with counter:
-        _, loss, _ = model._unroll_and_loss(batch)
+        _, loss, _ = model.unroll_and_loss(batch)
         loss.total.backward()
     return counter.get_total_flops()
 

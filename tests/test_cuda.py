@@ -5,6 +5,7 @@ elsewhere. ``benchmarks/gpu_check.py`` runs them on a GPU machine.
 """
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def test_flying_update_on_cuda_is_finite_and_learns(bf16):
     for _ in range(4):
         torch.manual_seed(1)  # the same noise and initial gamma every time
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            out, loss, _ = model._unroll_and_loss(frames)
+            out, loss, _ = model.unroll_and_loss(frames)
         assert out.preds[-1].dtype == torch.float32  # the output sigmoid and E-step stay float32
         optimizer.zero_grad()
         loss.total.backward()
@@ -71,7 +72,7 @@ def test_compiled_update_on_cuda_matches_eager(monkeypatch, request):
     model = _flying_model(compile=True)
     frames = (torch.rand(4, 5, 1, 28, 28, device="cuda") < 0.1).float()
     results = []
-    for step in (model._unroll_and_loss, model._compiled_unroll_and_loss):
+    for step in (partial(model.unroll_and_loss, compiled=False), partial(model.unroll_and_loss, compiled=True)):
         torch.manual_seed(2)
         _, loss, _ = step(frames)
         model.zero_grad()

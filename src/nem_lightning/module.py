@@ -171,10 +171,32 @@ class NEMLightningModule(pl.LightningModule):
         self._check_frames(features)
         return self.em(features, self.hparams.k, self.hparams.steps, draws)
 
-    def _unroll_and_loss(
+    def unroll_and_loss(
+        self, features: Tensor, draws: SampleDraws | None = None, compiled: bool | None = None
+    ) -> tuple[EMOutput, OuterLoss, Tensor]:
+        """The loss of a batch: what a training step computes before its backward, for benchmarks and own loops.
+
+        Args:
+            features: (B, F, C, H, W) frames, F = 1 for static data, F >= steps + 1 for video.
+            draws: per-sample random streams for the noise and initial γ (evaluation); None draws from the
+                global stream, as training does.
+            compiled: through ``torch.compile`` (``model.compile``'s path; not with ``draws``); None follows
+                ``model.compile`` while the module is in training mode.
+
+        Returns:
+            The unroll's output (γ and ψ of every step), the outer loss (``total``, ``intra``, ``inter``) and
+            the gradient-free upper-bound loss.
+        """
+        self._check_frames(features)
+        if compiled is None:
+            compiled = self.hparams.compile and self.training and draws is None
+        if compiled:
+            return self._compiled_unroll_and_loss(features)
+        return self._eager_unroll_and_loss(features, draws)
+
+    def _eager_unroll_and_loss(
         self, features: Tensor, draws: SampleDraws | None = None
     ) -> tuple[EMOutput, OuterLoss, Tensor]:
-        """The unroll, its outer loss and the (gradient-free) upper-bound loss."""
         hp = self.hparams
         out = self.em(features, hp.k, hp.steps, draws)
         loss = outer_loss(
@@ -187,7 +209,7 @@ class NEMLightningModule(pl.LightningModule):
     def _compiled_unroll_and_loss(self, features: Tensor) -> tuple[EMOutput, OuterLoss, Tensor]:
         if self._compiled is None:
             # static shapes: one graph per batch size (the full batches and the epoch's last one)
-            self._compiled = torch.compile(self._unroll_and_loss, dynamic=False, mode=self.hparams.compile_mode)
+            self._compiled = torch.compile(self._eager_unroll_and_loss, dynamic=False, mode=self.hparams.compile_mode)
         if self.hparams.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # the previous update's graph outputs are no longer read
         try:
@@ -209,11 +231,9 @@ class NEMLightningModule(pl.LightningModule):
 
     def _shared_step(self, batch: dict[str, Tensor], stage: Stage) -> Tensor:
         hp, train = self.hparams, stage == "train"
-        self._check_frames(batch["features"])
-        if train and hp.compile:
-            out, loss, upper = self._compiled_unroll_and_loss(batch["features"])
-        else:
-            out, loss, upper = self._unroll_and_loss(batch["features"], self._draws(batch, stage))
+        out, loss, upper = self.unroll_and_loss(
+            batch["features"], self._draws(batch, stage), compiled=train and hp.compile
+        )
         if not torch.isfinite(loss.total):
             raise TrainingError(f"the {stage} loss became {loss.total.item()}; lower model.lr or check the data")
         logged = {"loss": loss.total, "intra": loss.intra, "inter": loss.inter, "upper_bound": upper}
