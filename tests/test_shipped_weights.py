@@ -14,8 +14,10 @@ from nem_lightning.generators import generate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 # file -> (config, dataset, test AMI floor on 64 fresh sequences); docs/results.md lists the full test scores
+# (K = 1 groups nothing: the recurrent autoencoder is held to a ceiling on its next-step BCE instead)
 SHIPPED = {
     "flying_shapes.ckpt": ("flying_shapes.yaml", "flying_shapes_3", 0.70),
+    "flying_shapes_rnn_3obj.ckpt": ("flying_shapes_rnn.yaml", "flying_shapes_3", -200.0),
     "shapes.ckpt": ("shapes.yaml", "shapes", 0.60),
     "shapes_nem.ckpt": ("shapes_nem.yaml", "shapes", 0.45),
 }
@@ -47,7 +49,11 @@ def test_shipped_weights_score_above_their_floor(name, tmp_path):
         "false",
     ]
     cli = run(["test", *common])
-    assert cli.trainer.callback_metrics["test/ami"] >= floor
+    metrics = cli.trainer.callback_metrics
+    if floor < 0:  # a ceiling on the next-step BCE (the shipped file scores 166.7)
+        assert metrics["test/upper_bound_last"] <= -floor
+    else:
+        assert metrics["test/ami"] >= floor
     run(["predict", *common, "--output", str(tmp_path / "p.h5")])
     with h5py.File(tmp_path / "p.h5", "r") as f:
         assert len(f["ami"]) == 64
