@@ -1,18 +1,24 @@
-"""Helpers shared by the tests: command lines for `nem`, one-line error checks, files written as other tools
-would, and the independent sklearn reference score. Fixtures live in conftest.py."""
+"""Helpers shared by the tests: command lines for `nem`, one-line error checks, an interrupting callback, files
+written and read as other tools would, and the independent sklearn references. Fixtures live in conftest.py."""
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
+from pytorch_lightning.callbacks import Callback
 
+from nem_lightning import generators
 from nem_lightning.cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 WEIGHTS = ROOT / "weights"
+TINY = (20, 10, 10)  # training, validation and test samples of the generator tests' files
 
 
 def fit_args(config, data_path, out, *extra, batch_size=16, steps=3, workers=None):
@@ -45,6 +51,19 @@ def test_args(data_path, ckpt, *extra, config="shapes.yaml"):
 
 
 test_args.__test__ = False  # a helper, not a test
+
+
+class StopAt(Callback):
+    """Interrupts training at a given global step, like Ctrl-C or SIGTERM would."""
+
+    def __init__(self, step: int, how: str = "keyboard") -> None:
+        self.step, self.how = step, how
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            if self.how == "keyboard":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def fails_with(capsys, args, code=2):
@@ -120,3 +139,33 @@ def reference_test_ami(model, path, score_steps="last"):
             scores.append(adjusted_mutual_info_score(truth[keep], masks[b, t][keep], average_method="max"))
         per_step.append(np.mean(scores))
     return float(np.mean(per_step))
+
+
+def read_h5(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """All arrays of a file, by split and key."""
+    with h5py.File(path, "r") as f:
+        return {split: {key: f[split][key][()] for key in f[split]} for split in generators.SPLITS}
+
+
+def paste(sprite: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
+    """A (size, size) canvas with `sprite` at (row, col): the slow, obvious reference."""
+    canvas = np.zeros((size, size), dtype=sprite.dtype)
+    canvas[row : row + sprite.shape[0], col : col + sprite.shape[1]] = sprite
+    return canvas
+
+
+def sklearn_per_image(score_fn, pred: torch.Tensor, true: torch.Tensor, ignore_index: int | None = 0, **kw):
+    """The paper's loop: per image, select the scored pixels first, then call sklearn."""
+    out = []
+    for p, t in zip(pred.flatten(1).numpy(), true.flatten(1).numpy()):
+        keep = np.ones_like(t, dtype=bool) if ignore_index is None else t != ignore_index
+        out.append(score_fn(t[keep], p[keep], **kw))
+    return np.array(out)
+
+
+def random_case(B: int, shape: tuple[int, ...], K: int, labels: int, seed: int = 0):
+    """Random gamma (B, K, *shape) and true groups (B, *shape) in [0, labels)."""
+    g = torch.Generator().manual_seed(seed)
+    gamma = torch.rand(B, K, *shape, generator=g)
+    groups = torch.randint(0, labels, (B, *shape), generator=g)
+    return gamma, groups

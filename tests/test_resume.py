@@ -100,7 +100,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(stop_at, workers, shapes_f
     assert whole.trainer.global_step == 8
 
     BATCHES.clear()
-    stop = f'{{"class_path": "test_cli.StopAt", "init_args": {{"step": {stop_at}}}}}'
+    stop = f'{{"class_path": "helpers.StopAt", "init_args": {{"step": {stop_at}}}}}'
     args = fit_args("shapes.yaml", shapes_file, tmp_path / "parts", f"--trainer.callbacks+={RECORD}", *loader)
     with pytest.raises(SystemExit):
         run([*args, f"--trainer.callbacks+={stop}"])
@@ -182,7 +182,7 @@ def test_resume_continues_the_same_wandb_run(shapes_file, tmp_path, monkeypatch)
     """The checkpoint carries the W&B run id; `nem fit --ckpt_path` logs into that run again."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     wandb = '{"class_path": "pytorch_lightning.loggers.WandbLogger", "init_args": {"save_dir": "wb", "project": "p"}}'
-    stop = '{"class_path": "test_cli.StopAt", "init_args": {"step": 2}}'
+    stop = '{"class_path": "helpers.StopAt", "init_args": {"step": 2}}'
     args = fit_args("shapes.yaml", shapes_file, tmp_path, "--trainer.logger+=" + wandb)
     with pytest.raises(SystemExit):
         run([*args, f"--trainer.callbacks+={stop}"])
@@ -197,7 +197,7 @@ def test_resume_continues_the_same_wandb_run(shapes_file, tmp_path, monkeypatch)
 
 def test_resume_restores_the_random_streams_of_training(shapes_file, tmp_path):
     """The checkpoint holds the global torch stream as it was after the last update, and resuming restores it."""
-    stop = '{"class_path": "test_cli.StopAt", "init_args": {"step": 2}}'
+    stop = '{"class_path": "helpers.StopAt", "init_args": {"step": 2}}'
     args = fit_args("shapes.yaml", shapes_file, tmp_path)
     with pytest.raises(SystemExit):
         run([*args, f"--trainer.callbacks+={stop}"])
