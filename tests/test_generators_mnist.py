@@ -127,3 +127,25 @@ def test_cli_uses_a_user_mnist_file_and_maps_variations(tmp_path: Path) -> None:
     with h5py.File(out, "r") as f:
         assert f.attrs["name"] == "flying_mnist_2_medium20" and f.attrs["digit_source"] == source.name
         assert f.attrs["digit_source_count"] == 250 and f["training"]["features"].shape == (3, 6, 24, 24, 1)
+
+
+def test_mnist_motion_follows_max_speed(tmp_path: Path) -> None:
+    """--max-speed S draws digit velocities from [-S, S]^2, standing still included; the default never stands still."""
+    digits = np.random.default_rng(1).random((40, flying_mnist.DIGIT_SIZE, flying_mnist.DIGIT_SIZE), dtype=np.float32)
+    pool = np.arange(40)
+    slow = generators.sprites.velocity_table(1)
+    _, _, positions, _ = flying_mnist.sample_flying_mnist(np.random.default_rng(0), digits, pool, 300, 2, 6, slow)
+    steps = np.abs(np.diff(positions, axis=0))  # (T - 1, N, n, 2)
+    assert steps.max() == 1 and (steps.sum(axis=(0, 3)) == 0).any()  # some digits stand still
+    _, _, positions, _ = flying_mnist.sample_flying_mnist(np.random.default_rng(0), digits, pool, 300, 2, 6)
+    steps = np.abs(np.diff(positions, axis=0))
+    assert steps.max() == 3 and (steps.sum(axis=(0, 3)) > 0).all()  # every digit moves
+    sizes = ["--train", "4", "--val", "2", "--test", "2", "--frames", "3", "--no-progress"]
+    main(["flying-mnist", *sizes, "--max-speed", "1", "--out", str(tmp_path / "slow.h5")])
+    main(["flying-mnist", *sizes, "--out", str(tmp_path / "default.h5")])
+    with h5py.File(tmp_path / "slow.h5", "r") as f:
+        assert f.attrs["max_speed"] == 1 and bool(f.attrs["standing_still"]) is True
+    with h5py.File(tmp_path / "default.h5", "r") as f:
+        assert f.attrs["max_speed"] == 3 and bool(f.attrs["standing_still"]) is False
+    with pytest.raises(ValueError, match="max_speed must be an integer from 0 to 10"):
+        generate_dataset("flying_mnist_2", tmp_path / "bad.h5", sizes=(4, 2, 2), frames=3, max_speed=-1, progress=False)

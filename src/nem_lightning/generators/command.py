@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         help="'medium' data: only this many distinct digit images per split (2 digits only)",
     )
     sub.add_argument(
+        "--max-speed",
+        type=int,
+        help="largest speed per axis in pixels per frame; velocities are uniform over [-S, S]^2, standing still "
+        "included (default: every velocity in [-3, 3]^2 except standing still)",
+    )
+    sub.add_argument(
         "--mnist",
         type=Path,
         help="digit source: train-images-idx3-ubyte[.gz] or a .npz with array x_train "
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
                 frames=getattr(args, "frames", None),
                 progress=not args.no_progress,
                 mnist=getattr(args, "mnist", None),
-                max_speed=getattr(args, "max_speed", DEFAULT_MAX_SPEED),
+                max_speed=getattr(args, "max_speed", None),
                 distinct_shapes=getattr(args, "distinct_shapes", False),
             )
         except (ValueError, OSError) as err:

