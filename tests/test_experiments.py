@@ -8,7 +8,7 @@ import torch
 import yaml
 
 import nem_lightning
-from helpers import CONFIGS, fit_args, reference_test_ami, write_official_layout
+from helpers import CONFIGS, WEIGHTS, fails_with, fit_args, reference_test_ami, write_official_layout
 from nem_lightning.cli import run
 from nem_lightning.generators import generate_dataset
 from nem_lightning.options import load_config
@@ -235,6 +235,46 @@ def test_weights_from_starts_a_new_stage_from_a_checkpoint(flying_checkpoint, ti
     for name, value in cli.model.state_dict().items():
         torch.testing.assert_close(value, state[name])
     assert cli.trainer.global_step == 0
+
+
+def test_carry_optimizer_continues_adam_with_this_runs_learning_rate(flying_checkpoint, tiny_files, tmp_path):
+    """--carry_optimizer starts Adam from the checkpoint's moments and step counts; the learning rate is this run's."""
+    saved = torch.load(flying_checkpoint, weights_only=True)["optimizer_states"][0]
+    assert saved["param_groups"][0]["lr"] == 1e-3 and saved["state"]
+    common = ["--model.steps", "3", "--weights_from", flying_checkpoint, "--trainer.max_epochs", "0"]
+    data = tiny_files("flying_shapes_3")
+    cli = run(
+        _args(
+            "fit",
+            "flying_shapes.yaml",
+            data,
+            tmp_path / "a",
+            *common,
+            "--model.lr",
+            "2e-4",
+            "--carry_optimizer",
+            "true",
+        )
+    )
+    state = cli.trainer.optimizers[0].state_dict()
+    assert [g["lr"] for g in state["param_groups"]] == [2e-4]
+    assert state["state"].keys() == saved["state"].keys()
+    for index, moments in saved["state"].items():
+        for key, value in moments.items():
+            torch.testing.assert_close(state["state"][index][key], value)
+    fresh = run(_args("fit", "flying_shapes.yaml", data, tmp_path / "b", *common))
+    assert not fresh.trainer.optimizers[0].state_dict()["state"]  # without the option Adam starts afresh
+
+
+def test_carry_optimizer_without_a_full_checkpoint_is_refused(tiny_files, tmp_path, capsys):
+    """--carry_optimizer alone, or with a weights-only file, fails with one line saying what it needs."""
+    data = tiny_files("flying_shapes_3")
+    line = fails_with(capsys, _args("fit", "flying_shapes.yaml", data, tmp_path, "--carry_optimizer", "true"))
+    assert "--carry_optimizer needs --weights_from" in line
+    weights = str(WEIGHTS / "flying_shapes.ckpt")
+    extra = ["--weights_from", weights, "--carry_optimizer", "true"]
+    line = fails_with(capsys, _args("fit", "flying_shapes.yaml", data, tmp_path, *extra))
+    assert "holds weights only, so --carry_optimizer has no optimizer state" in line and weights in line
 
 
 def test_weights_from_a_different_architecture_is_refused(flying_checkpoint, tiny_files, tmp_path, capsys):

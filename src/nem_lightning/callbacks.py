@@ -1,4 +1,5 @@
-"""Callbacks of the training run: checkpoint on interrupt, resume state, elapsed time, grouping figures."""
+"""Callbacks of the training run: checkpoint on interrupt, resume state, carried optimizer state, elapsed time,
+grouping figures."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pytorch_lightning.utilities import move_data_to_device
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from nem_lightning import figures
+from nem_lightning.errors import ConfigError
 from nem_lightning.metrics import adjusted_mutual_info
 
 
@@ -71,6 +73,29 @@ class ResumeState(Callback):
 def wandb_run_id(checkpoint: dict) -> str | None:
     """The W&B run id a checkpoint written with ``ResumeState`` belongs to, if any."""
     return (checkpoint.get(ResumeState.KEY) or {}).get("wandb_run_id")
+
+
+class CarryOptimizerState(Callback):
+    """Start ``fit``'s optimizer from another run's state (``--carry_optimizer``), keeping this run's learning rate.
+
+    The original's curriculum restores every variable of the previous stage, Adam's moment estimates and step
+    counts included; a fresh Adam instead takes steps of about the learning rate in every weight at first.
+    """
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        optimizer = trainer.optimizers[0]
+        rates = [group["lr"] for group in optimizer.param_groups]
+        try:
+            optimizer.load_state_dict(self.state)  # copies the tensors onto the parameters' device and dtype
+        except ValueError as err:
+            message = f"--carry_optimizer: the checkpoint's optimizer does not fit this model ({err})"
+            raise ConfigError(message) from None
+        for group, lr in zip(optimizer.param_groups, rates):
+            group["lr"] = lr
+        self.state = {}  # the copy in the optimizer is the one in use
 
 
 class ElapsedTime(Callback):

@@ -93,6 +93,17 @@ def load_weights(model: NEMLightningModule, path: str) -> None:
         ) from None
 
 
+def optimizer_state(path: str) -> dict[str, Any]:
+    """The optimizer state of a full checkpoint, for ``--carry_optimizer``; ConfigError for a weights-only file."""
+    ckpt = read_checkpoint(path, "--weights_from")
+    if not ckpt.get("optimizer_states"):
+        raise ConfigError(
+            f"--weights_from {path!r} holds weights only, so --carry_optimizer has no optimizer state to carry; "
+            f"pass the previous run's own checkpoint (runs/<name>/version_N/checkpoints/...)"
+        )
+    return ckpt["optimizer_states"][0]
+
+
 def save_weights_only(source: str, target: str, half: bool = False) -> None:
     """Write ``source``'s weights and model options to ``target``, without optimizer or loop state.
 

@@ -24,17 +24,18 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from nem_lightning.callbacks import EpochLog, ResumeState, wandb_run_id
+from nem_lightning.callbacks import CarryOptimizerState, EpochLog, ResumeState, wandb_run_id
 from nem_lightning.checkpoints import (
     ARCHITECTURE_OPTIONS,
     check_architecture,
     check_resumable,
     default,
     load_weights,
+    optimizer_state,
     read_checkpoint,
 )
 from nem_lightning.data import GroupingDataModule
-from nem_lightning.errors import NEMError
+from nem_lightning.errors import ConfigError, NEMError
 from nem_lightning.module import NEMLightningModule
 from nem_lightning.options import (
     NEMArgumentParser,
@@ -114,6 +115,13 @@ class NEMCLI(LightningCLI):
                 default=None,
                 help="Start from the weights of this checkpoint only (fresh optimizer and epochs), e.g. the best "
                 "checkpoint of the previous curriculum stage. Ignored when resuming with --ckpt_path.",
+            )
+            parser.add_argument(
+                "--carry_optimizer",
+                type=bool,
+                default=False,
+                help="With --weights_from (a full checkpoint): also start from its optimizer state (Adam's moments "
+                "and step counts), keeping this run's learning rate, as the original's curriculum does between stages.",
             )
         if subcommand == "predict":
             parser.add_argument(
@@ -249,10 +257,14 @@ class NEMCLI(LightningCLI):
     after_fit = after_validate = after_test = after_predict = _finish_wandb
 
     def before_fit(self) -> None:
-        source = self.config.fit.get("weights_from")
+        source, carry = self.config.fit.get("weights_from"), self.config.fit.get("carry_optimizer")
+        if carry and not source:
+            raise ConfigError("--carry_optimizer needs --weights_from <full checkpoint> to carry the optimizer from")
         if source and not self.config.fit.get("ckpt_path"):
             load_weights(self.model, source)
-            rank_zero_info(f"nem fit: initialised weights from {source}")
+            if carry:
+                self.trainer.callbacks.append(CarryOptimizerState(optimizer_state(source)))
+            rank_zero_info(f"nem fit: initialised weights{' and optimizer state' if carry else ''} from {source}")
 
 
 BASE_CONFIG = Path(__file__).with_name("base.yaml")  # trainer, loggers and callbacks every run shares
