@@ -7,6 +7,7 @@ import pytest
 
 from helpers import CONFIGS, WEIGHTS, csv_logger, fails_with, fit_args
 from nem_lightning.callbacks import ElapsedTime
+from nem_lightning.cli import run
 from nem_lightning.generators import generate_dataset
 
 
@@ -133,3 +134,15 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(native, warned, monkeypatch):
         )
     else:
         assert messages == []
+
+
+def test_checkpointing_switched_off_trains_and_writes_no_checkpoint(shapes_file, tmp_path):
+    """--trainer.enable_checkpointing false drops the shared config's checkpoint callbacks instead of failing."""
+    cli = run(fit_args("shapes.yaml", shapes_file, tmp_path, "--trainer.enable_checkpointing", "false", workers=0))
+    assert cli.trainer.global_step > 0 and cli.trainer.checkpoint_callback is None
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_an_impossible_trainer_option_is_one_line(shapes_file, tmp_path, capsys):
+    err = fails_with(capsys, fit_args("shapes.yaml", shapes_file, tmp_path, "--trainer.fast_dev_run", "-1"))
+    assert err.startswith("error: --trainer: fast_dev_run=-1 is not a valid configuration")

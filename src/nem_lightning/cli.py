@@ -18,11 +18,11 @@ import torch
 from jsonargparse import Namespace
 from pytorch_lightning import Trainer
 from pytorch_lightning.accelerators import CPUAccelerator
-from pytorch_lightning.callbacks import Callback, ProgressBar, RichProgressBar
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, ProgressBar, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from nem_lightning.callbacks import CarryOptimizerState, EpochLog, ResumeState, wandb_run_id
 from nem_lightning.checkpoints import (
@@ -245,8 +245,13 @@ class NEMCLI(LightningCLI):
                 callbacks.append(EpochLog())
         if self.subcommand == "fit" and not any(isinstance(c, ResumeState) for c in callbacks):
             callbacks.append(ResumeState())  # exact resume: random streams and the W&B run id in every checkpoint
+        if config.get("enable_checkpointing") is False:  # the shared config's checkpoint callbacks go with it
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         kwargs["callbacks"] = callbacks
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:  # an impossible combination of trainer options
+            raise ConfigError(f"--trainer: {str(err).strip().splitlines()[0]}") from None
 
     def _finish_wandb(self) -> None:
         # Several runs in one process would share one W&B run until it is finished.
