@@ -231,6 +231,8 @@ class GroupingDataModule(pl.LightningDataModule):
         train_size: use the first N training samples; null for all.
         val_size: use the first N validation samples (the paper validated on the first 1000).
         test_size: use the first N test samples; null for all.
+        test_split: the split ``nem test`` scores: ``test``, or ``training`` / ``validation`` to score those as a
+            test (e.g. a trained model's score on its training set); that split's size option applies.
         num_workers: DataLoader worker processes.
         in_memory: read each used subset into memory once (fast); false reads batches from disk.
     """
@@ -244,6 +246,7 @@ class GroupingDataModule(pl.LightningDataModule):
         train_size: Optional[int] = None,
         val_size: Optional[int] = 1000,
         test_size: Optional[int] = None,
+        test_split: Split = "test",
         num_workers: int = 0,
         in_memory: bool = True,
     ) -> None:
@@ -322,7 +325,8 @@ class GroupingDataModule(pl.LightningDataModule):
         return _collate(self.dataset(split).__getitems__(list(indices)))
 
     def setup(self, stage: str) -> None:
-        splits = {"fit": ["training", "validation"], "validate": ["validation"], "test": ["test"]}.get(stage, [])
+        tested = self.hparams.test_split
+        splits = {"fit": ["training", "validation"], "validate": ["validation"], "test": [tested]}.get(stage, [])
         for split in splits:
             self.dataset(split)
 
@@ -367,7 +371,7 @@ class GroupingDataModule(pl.LightningDataModule):
         return self._loader("validation")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader(self.hparams.test_split)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", require_groups=False)
