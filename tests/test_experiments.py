@@ -1,5 +1,6 @@
 """Every shipped experiment config trains on tiny generated files; test-time generalisation overrides."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -142,31 +143,36 @@ def test_eval_overrides_change_k_steps_and_data_on_purpose(flying_checkpoint, ti
         "--eval.steps",
         "5",
     )
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO"), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         cli = run(args)
     assert (cli.model.hparams.k, cli.model.hparams.steps) == (5, 5)
+    assert not [w for w in caught if "is ignored" in str(w.message)]  # asked for on purpose: no warning
     assert "k=5, steps=5" in caplog.text  # the effective values are printed
     metrics = cli.trainer.callback_metrics
     assert {"test/ami", "test/next_frame_loss", "test/upper_bound"} <= set(metrics)
 
 
 def test_without_overrides_the_checkpoint_options_hold(flying_checkpoint, tiny_files):
-    """Without --eval.*, K and steps come from the checkpoint even if --model.k says otherwise."""
-    cli = run(
-        _args(
-            "test",
-            "flying_shapes.yaml",
-            tiny_files("flying_shapes_3"),
-            "unused",
-            "--ckpt_path",
-            flying_checkpoint,
-            "--trainer.logger",
-            "false",
-            "--model.k",
-            "7",
-        )
+    """Without --eval.*, K and steps come from the checkpoint even if --model.k says otherwise, with a warning."""
+    args = _args(
+        "test",
+        "flying_shapes.yaml",
+        tiny_files("flying_shapes_3"),
+        "unused",
+        "--ckpt_path",
+        flying_checkpoint,
+        "--trainer.logger",
+        "false",
+        "--model.k",
+        "7",
     )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli = run(args)
     assert (cli.model.hparams.k, cli.model.hparams.steps) == (3, 3)
+    expected = "trained with model.k=3 and is evaluated so; the config's k=7 is ignored"
+    assert any(expected in str(w.message) for w in caught)
 
 
 def test_too_many_steps_for_the_sequences_is_one_clear_error(flying_checkpoint, tiny_files, capsys):

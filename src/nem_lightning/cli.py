@@ -175,9 +175,9 @@ class NEMCLI(LightningCLI):
                     raise NEMError(f"--eval.{name} must be at least 1, got {value}")
                 if value is not None:
                     config[f"model.{name}"] = value
-            for name in ("k", "steps"):
+            for name in ("k", "steps"):  # the config states another value than the checkpoint's, and no --eval
                 used = config.model.get(name)
-                if asked.get(name) not in (None, default(name), used):
+                if config.get(f"eval.{name}") is None and asked.get(name) not in (None, default(name), used):
                     rank_zero_warn(
                         f"the checkpoint was trained with model.{name}={used} and is evaluated so; the config's "
                         f"{name}={asked[name]} is ignored: pass --eval.{name} {asked[name]} to evaluate with it"
