@@ -161,3 +161,22 @@ def test_a_file_from_an_older_generator_is_refused_by_name(tmp_path, shapes_file
         dm.prepare_data()
     GroupingDataModule(path=str(old), generate=None).prepare_data()  # kept on purpose: accepted
     GroupingDataModule(path=shapes_file, generate="shapes").prepare_data()  # current version: accepted
+
+
+@pytest.mark.parametrize("top_label", [3, 300])
+def test_loading_into_memory_block_by_block_gives_the_disk_batches(tmp_path, monkeypatch, top_label):
+    """A split loaded in blocks (compact uint8 groups while labels fit, int64 beyond 255) reads as from disk."""
+    rng = np.random.default_rng(0)
+    groups = rng.integers(0, 4, size=(3, 11, 6, 6, 1))
+    groups[1, 10, 2, 2, 0] = top_label  # in the last, partial block
+    features = rng.random((3, 11, 6, 6, 1)).astype(np.float32)
+    path = write_official_layout(tmp_path / "f.h5", {"training": (features, groups)}, dtype=np.float32)
+    monkeypatch.setattr("nem_lightning.data.LOAD_BLOCK", 4)
+    memory = GroupingDataset(path, "training", in_memory=True)
+    disk = GroupingDataset(path, "training", in_memory=False)
+    indices = [10, 0, 5, 3, 9]
+    got, want = memory.__getitems__(indices)[0], disk.__getitems__(indices)[0]
+    assert got["groups"].dtype == torch.int64 and int(got["groups"].max()) == top_label
+    torch.testing.assert_close(got["groups"], want["groups"])
+    torch.testing.assert_close(got["features"], want["features"], rtol=0, atol=0)
+    assert memory._cache[1].dtype == (torch.uint8 if top_label < 256 else torch.int64)

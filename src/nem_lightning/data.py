@@ -85,6 +85,9 @@ def inspect_split(path: str, split: str, require_groups: bool = True) -> dict:
     return {"frames": T, "samples": N, "shape": (C, H, W), "has_groups": has_groups}
 
 
+LOAD_BLOCK = 2000  # samples read at a time when a split is loaded into memory
+
+
 class GroupingDataset(Dataset):
     """One split of an official-layout file, restricted to its first ``size`` samples.
 
@@ -132,13 +135,30 @@ class GroupingDataset(Dataset):
         g = torch.from_numpy(groups.reshape(groups.shape[:4]).astype(np.int64)).transpose(0, 1).contiguous()
         return x, g  # g: (n, T, H, W)
 
+    def _load(self) -> tuple[Tensor, Tensor | None]:
+        """The whole subset, read and checked block by block into compact tensors (groups as uint8 while the labels
+        fit), so memory peaks at the data's own size, not at several converted copies of it."""
+        x = g = None
+        for start in range(0, self.size, LOAD_BLOCK):
+            stop = min(start + LOAD_BLOCK, self.size)
+            bx, bg = self._read(slice(start, stop))
+            if x is None:
+                x = torch.empty((self.size, *bx.shape[1:]), dtype=bx.dtype)
+                g = None if bg is None else torch.empty((self.size, *bg.shape[1:]), dtype=torch.uint8)
+            x[start:stop] = bx
+            if bg is not None:
+                if g.dtype == torch.uint8 and int(bg.max()) > 255:
+                    g = g.long()  # more than 255 labels: keep them whole
+                g[start:stop] = bg
+        return x, g
+
     def __getitems__(self, indices: list[int]) -> list[dict[str, Tensor]]:
         if self.in_memory:
             if self._cache is None:
-                self._cache = self._read(slice(0, self.size))
+                self._cache = self._load()
             x, g = self._cache
             idx = torch.as_tensor(indices)
-            return [{"features": x[idx], **({"groups": g[idx]} if g is not None else {}), "index": idx}]
+            return [{"features": x[idx], **({"groups": g[idx].long()} if g is not None else {}), "index": idx}]
         order = np.argsort(indices)  # h5py reads increasing indices only
         x, g = self._read([int(i) for i in np.asarray(indices)[order]])
         inverse = torch.as_tensor(np.argsort(order))
