@@ -81,9 +81,13 @@ def check_architecture(path: str, asked: dict[str, Any], trained: dict[str, Any]
         )
 
 
-def load_weights(model: NEMLightningModule, path: str) -> None:
-    """Copy the network weights of a checkpoint into ``model``; optimizer and loop state are not touched."""
-    state = read_checkpoint(path, "--weights_from")["state_dict"]
+def load_weights(model: NEMLightningModule, path: str) -> dict[str, Any]:
+    """Copy the network weights of a checkpoint into ``model``; optimizer and loop state are not touched.
+
+    Returns the checkpoint's contents, for ``optimizer_state``.
+    """
+    ckpt = read_checkpoint(path, "--weights_from")
+    state = ckpt["state_dict"]
     try:
         model.load_state_dict(state)
     except RuntimeError as err:  # missing, unexpected or differently shaped weights
@@ -91,11 +95,12 @@ def load_weights(model: NEMLightningModule, path: str) -> None:
         raise ConfigError(
             f"--weights_from {path!r} does not fit this model ({first}); the architecture options must match"
         ) from None
+    return ckpt
 
 
-def optimizer_state(path: str) -> dict[str, Any]:
-    """The optimizer state of a full checkpoint, for ``--carry_optimizer``; ConfigError for a weights-only file."""
-    ckpt = read_checkpoint(path, "--weights_from")
+def optimizer_state(path: str, ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer state of full checkpoint ``ckpt`` (read from ``path``), for ``--carry_optimizer``; ConfigError
+    for a weights-only file."""
     if not ckpt.get("optimizer_states"):
         raise ConfigError(
             f"--weights_from {path!r} holds weights only, so --carry_optimizer has no optimizer state to carry; "

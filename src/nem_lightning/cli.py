@@ -266,9 +266,9 @@ class NEMCLI(LightningCLI):
         if carry and not source:
             raise ConfigError("--carry_optimizer needs --weights_from <full checkpoint> to carry the optimizer from")
         if source and not self.config.fit.get("ckpt_path"):
-            load_weights(self.model, source)
+            ckpt = load_weights(self.model, source)
             if carry:
-                self.trainer.callbacks.append(CarryOptimizerState(optimizer_state(source)))
+                self.trainer.callbacks.append(CarryOptimizerState(optimizer_state(source, ckpt)))
             rank_zero_info(f"nem fit: initialised weights{' and optimizer state' if carry else ''} from {source}")
 
 
