@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {
     "flying_shapes.ckpt": ("flying_shapes.yaml", "flying_shapes_3", 0.70),
     "flying_shapes_5obj_k3.ckpt": ("flying_shapes_5obj_k3.yaml", "flying_shapes_5", 0.33),
+    "flying_mnist_stage1_speed1.ckpt": ("flying_mnist_stage1.yaml", "flying_mnist_2_medium20", 0.15),
     "flying_shapes_rnn_3obj.ckpt": ("flying_shapes_rnn.yaml", "flying_shapes_3", -200.0),
     "shapes.ckpt": ("shapes.yaml", "shapes", 0.60),
     "shapes_nem.ckpt": ("shapes_nem.yaml", "shapes", 0.45),
