@@ -194,6 +194,32 @@ def test_other_k_in_the_config_warns_and_points_at_eval_k(trained, shapes_file):
     assert cli.model.hparams.k == 4
 
 
+def test_eval_noise_scores_on_clean_or_other_noise_and_a_stated_model_noise_warns(trained, shapes_file, capsys):
+    """--eval.noise none and --eval.noise_prob 0 score the clean input, unlike the checkpoint's bitflip 0.1;
+    a --model.noise that the checkpoint overrides warns and names --eval.noise."""
+    _, ckpt = trained
+
+    def scored(*extra):
+        """The options the test ran with, its metrics, and whether the model's input was the clean image."""
+        cli = run(test_args(shapes_file, ckpt, *extra))
+        batch = cli.datamodule.batch("test", list(range(8)))
+        shown = cli.model.groupings(batch, "test")
+        clean = torch.equal(shown["inputs"][:, 0], batch["features"][:, 0])
+        return cli.model.hparams, float(cli.trainer.callback_metrics["test/upper_bound"]), clean
+
+    hp, noisy_bound, clean = scored()
+    assert (hp.noise, hp.noise_prob, clean) == ("bitflip", 0.1, False)
+    hp, clean_bound, clean = scored("--eval.noise", "none")
+    assert (hp.noise, clean) == ("none", True) and clean_bound != pytest.approx(noisy_bound, rel=1e-3)
+    hp, _, clean = scored("--eval.noise_prob", "0")
+    assert (hp.noise, hp.noise_prob, clean) == ("bitflip", 0.0, True)
+    with pytest.warns(UserWarning, match=r"trained with model.noise=bitflip .* pass --eval.noise none"):
+        hp, bound, _ = scored("--model.noise", "none")
+    assert hp.noise == "bitflip" and bound == noisy_bound
+    err = fails_with(capsys, test_args(shapes_file, ckpt, "--eval.noise_prob", "1.5"))
+    assert err == "error: --eval.noise_prob must lie in [0, 1], got 1.5"
+
+
 def test_eval_options_and_hidden_size_are_checked_by_their_own_names(trained, shapes_file, capsys):
     _, ckpt = trained
     err = fails_with(

@@ -35,6 +35,7 @@ from nem_lightning.checkpoints import (
     read_checkpoint,
 )
 from nem_lightning.data import GroupingDataModule
+from nem_lightning.em import Noise
 from nem_lightning.errors import ConfigError, NEMError
 from nem_lightning.module import NEMLightningModule
 from nem_lightning.options import (
@@ -57,7 +58,8 @@ from nem_lightning.runs import (
 )
 
 NEEDS_CHECKPOINT = ("validate", "test", "predict")
-EVAL_OVERRIDES = ("k", "steps", "score_steps")
+EVAL_OVERRIDES = ("k", "steps", "score_steps", "noise", "noise_prob")
+WARNED_OVERRIDES = ("k", "steps", "noise", "noise_prob")  # stated in a config but overridden by the checkpoint: warn
 SIGTERM_EXIT = 143  # 128 + SIGTERM, what a scheduler expects from a process stopped by SIGTERM
 
 
@@ -144,6 +146,15 @@ class NEMCLI(LightningCLI):
                 default=None,
                 help="Report AMI/ARI of the last step or the mean over all steps.",
             )
+            parser.add_argument(
+                "--eval.noise",
+                type=Optional[Noise],
+                default=None,
+                help="Corrupt the input with this noise (none: score on clean input); training's by default.",
+            )
+            parser.add_argument(
+                "--eval.noise_prob", type=Optional[float], default=None, help="Probability of the noise per pixel."
+            )
         return parser
 
     def _parse_ckpt_path(self) -> None:
@@ -162,7 +173,7 @@ class NEMCLI(LightningCLI):
             stated = stated_model_options(self._args)
             asked = {
                 name: self.config[subcommand].model.get(name)
-                for name in (*ARCHITECTURE_OPTIONS, "k", "steps")
+                for name in (*ARCHITECTURE_OPTIONS, *WARNED_OVERRIDES)
                 if name in stated
             }
             check_architecture(ckpt, asked, trained)
@@ -171,11 +182,13 @@ class NEMCLI(LightningCLI):
             config = self.config[subcommand]
             for name in EVAL_OVERRIDES:
                 value = config.get(f"eval.{name}")
-                if isinstance(value, int) and value < 1:
+                if name in ("k", "steps") and isinstance(value, int) and value < 1:
                     raise NEMError(f"--eval.{name} must be at least 1, got {value}")
+                if name == "noise_prob" and value is not None and not 0.0 <= value <= 1.0:
+                    raise NEMError(f"--eval.noise_prob must lie in [0, 1], got {value}")
                 if value is not None:
                     config[f"model.{name}"] = value
-            for name in ("k", "steps"):  # the config states another value than the checkpoint's, and no --eval
+            for name in WARNED_OVERRIDES:  # the config states another value than the checkpoint's, and no --eval
                 used = config.model.get(name)
                 if config.get(f"eval.{name}") is None and asked.get(name) not in (None, default(name), used):
                     rank_zero_warn(
