@@ -12,8 +12,10 @@ from nem_lightning.losses import (
     next_frame_loss,
     outer_loss,
     step_weights,
+    upper_bound_by_change,
     upper_bound_loss,
     upper_bound_per_step,
+    upper_bound_step,
 )
 
 
@@ -175,3 +177,23 @@ def test_with_one_component_the_upper_bound_is_the_plain_bce_of_the_prediction()
     preds = [torch.from_numpy(psi[:, t]) for t in range(T)]
     per_step = upper_bound_per_step(preds, torch.from_numpy(frames), "bernoulli")
     np.testing.assert_allclose(per_step.numpy(), expected, rtol=1e-10)
+
+
+def test_the_last_step_bound_splits_by_pixel_change_into_parts_that_sum_to_it():
+    """One sample, four pixels, one of each change: each part is that pixel's BCE of max_k psi."""
+    frame = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])  # (B, C, H, W): the frame the step read
+    target = torch.tensor([[[[[1.0, 1.0], [0.0, 0.0]]]]])  # (B, 1, C, H, W): kept on, appeared / vanished, kept off
+    psi = torch.tensor([[[[[0.9, 0.2], [0.3, 0.05]]], [[[0.1, 0.6], [0.1, 0.4]]]]])  # (B, K=2, C, H, W)
+    parts = upper_bound_by_change(psi, frame, target, "bernoulli")  # maxima 0.9, 0.6 / 0.3, 0.4
+    expected = {
+        "kept_on": -math.log(0.9),
+        "appeared": -math.log(0.6),
+        "vanished": -math.log(0.7),
+        "kept_off": -math.log(0.6),
+    }
+    assert {k: v.item() for k, v in parts.items()} == pytest.approx(expected, rel=1e-6)
+    rng = torch.Generator().manual_seed(0)
+    psi, frame = torch.rand(3, 2, 1, 5, 5, generator=rng), (torch.rand(3, 1, 5, 5, generator=rng) < 0.4).float()
+    target = (torch.rand(3, 1, 1, 5, 5, generator=rng) < 0.4).float()
+    total = upper_bound_step(psi, target, "bernoulli")
+    assert sum(upper_bound_by_change(psi, frame, target, "bernoulli").values()).item() == pytest.approx(total.item())

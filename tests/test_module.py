@@ -126,3 +126,7 @@ def test_evaluation_logs_the_last_and_mean_upper_bound_as_sample_means(stage, k,
     expected = (3 * per_batch[0] + per_batch[1]) / 4  # (T,)
     torch.testing.assert_close(metrics[f"{stage}/upper_bound_last"], expected[-1])
     torch.testing.assert_close(metrics[f"{stage}/upper_bound_mean"], expected.mean())
+    parts = [f"{stage}/upper_bound_last_{name}" for name in ("kept_on", "appeared", "vanished", "kept_off")]
+    assert all(name in metrics for name in parts) == (frames > 1)  # video only: a static image does not change
+    if frames > 1:
+        torch.testing.assert_close(sum(metrics[name] for name in parts), expected[-1])

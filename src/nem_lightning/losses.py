@@ -129,6 +129,26 @@ def upper_bound_per_step(preds: Sequence[Tensor], targets: Tensor, distribution:
     return torch.stack([upper_bound_step(psi, targets[:, t], distribution) for t, psi in enumerate(preds)])
 
 
+PIXEL_CHANGES = ("kept_on", "appeared", "vanished", "kept_off")
+
+
+def upper_bound_by_change(psi: Tensor, frame: Tensor, target: Tensor, distribution: Distribution) -> dict[str, Tensor]:
+    """:func:`upper_bound_step` split by how each pixel changes from the frame the step read to its target.
+
+    A pixel is on where it is brighter than 0.5. ``kept_on``: on in both frames (an object's inside);
+    ``appeared``: off, then on (where an object moves to); ``vanished``: on, then off (where it leaves);
+    ``kept_off``: background in both. The four parts sum to :func:`upper_bound_step`, so they show whether a
+    next-step error comes from the motion (appeared, vanished) or from how sharply objects are drawn at all.
+
+    Args:
+        psi: (B, K, C, H, W) predictions; frame: (B, C, H, W) the clean frame the step read; target: (B, 1, C, H, W).
+    """
+    error = intra_loss(psi.max(1).values, target[:, 0], distribution)  # (B, C, H, W)
+    was, now = frame > 0.5, target[:, 0] > 0.5
+    masks = (was & now, ~was & now, was & ~now, ~was & ~now)
+    return {name: (error * m).sum() / target.shape[0] for name, m in zip(PIXEL_CHANGES, masks)}
+
+
 def next_frame_loss(
     preds: Sequence[Tensor], gammas: Sequence[Tensor], targets: Tensor, distribution: Distribution
 ) -> Tensor:

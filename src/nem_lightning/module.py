@@ -17,11 +17,13 @@ from nem_lightning.data import inspect_split
 from nem_lightning.em import Distribution, EMOutput, NeuralEM, Noise, SampleDraws
 from nem_lightning.errors import ConfigError, DataError, TrainingError
 from nem_lightning.losses import (
+    PIXEL_CHANGES,
     OuterLoss,
     StepWeights,
     next_frame_loss,
     outer_loss,
     step_weights,
+    upper_bound_by_change,
     upper_bound_loss,
     upper_bound_per_step,
 )
@@ -32,8 +34,18 @@ Stage = Literal["train", "val", "test", "predict"]
 EVAL_SPLITS = {"val": 1, "test": 2, "predict": 2}  # the file split each stage reads, keying its random streams
 SPLITS_READ = {"fit": ("training", "validation"), "validate": ("validation",), "test": ("test",), "predict": ("test",)}
 # Logged per stage. Evaluation adds the upper bound of the last step (the original's printed "loss UB last",
-# its next-step prediction error on video) and its unweighted mean over steps; docs/next_step_prediction.md.
-LOSSES = ("loss", "intra", "inter", "upper_bound", "upper_bound_last", "upper_bound_mean", "next_frame_loss")
+# its next-step prediction error on video), its unweighted mean over steps and, on video, its four parts by how
+# the pixels change (upper_bound_by_change); docs/next_step_prediction.md.
+LOSSES = (
+    "loss",
+    "intra",
+    "inter",
+    "upper_bound",
+    "upper_bound_last",
+    "upper_bound_mean",
+    "next_frame_loss",
+    *(f"upper_bound_last_{name}" for name in PIXEL_CHANGES),
+)
 
 
 class NEMLightningModule(pl.LightningModule):
@@ -242,6 +254,9 @@ class NEMLightningModule(pl.LightningModule):
             logged["upper_bound_last"], logged["upper_bound_mean"] = per_step[-1], per_step.mean()
         if not train and batch["features"].shape[1] > 1 and hp.steps > 1:  # video: genuine next-frame prediction
             logged["next_frame_loss"] = next_frame_loss(out.preds, out.gammas, out.targets, hp.distribution)
+            read = batch["features"][:, len(out.preds) - 1]  # the clean frame the last step read
+            parts = upper_bound_by_change(out.preds[-1], read, out.targets[:, -1], hp.distribution)
+            logged.update({f"upper_bound_last_{name}": value for name, value in parts.items()})
         size = batch["features"].shape[0]
         if stage in ("val", "test"):
             means = self.val_losses if stage == "val" else self.test_losses
