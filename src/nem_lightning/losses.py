@@ -96,8 +96,12 @@ def upper_bound_step(psi: Tensor, target: Tensor, distribution: Distribution) ->
     Args:
         psi: (B, K, C, H, W) predictions; target: (B, 1, C, H, W).
     """
-    best = psi.max(1, keepdim=True).values  # (B, 1, C, H, W)
-    return intra_loss(best, target, distribution).sum() / target.shape[0]
+    return _max_error(psi, target, distribution).sum() / target.shape[0]
+
+
+def _max_error(psi: Tensor, target: Tensor, distribution: Distribution) -> Tensor:
+    """Per-pixel reconstruction loss of the pixelwise max over components: (B, C, H, W)."""
+    return intra_loss(psi.max(1).values, target[:, 0], distribution)
 
 
 def upper_bound_loss(
@@ -143,7 +147,7 @@ def upper_bound_by_change(psi: Tensor, frame: Tensor, target: Tensor, distributi
     Args:
         psi: (B, K, C, H, W) predictions; frame: (B, C, H, W) the clean frame the step read; target: (B, 1, C, H, W).
     """
-    error = intra_loss(psi.max(1).values, target[:, 0], distribution)  # (B, C, H, W)
+    error = _max_error(psi, target, distribution)
     was, now = frame > 0.5, target[:, 0] > 0.5
     masks = (was & now, ~was & now, was & ~now, ~was & ~now)
     return {name: (error * m).sum() / target.shape[0] for name, m in zip(PIXEL_CHANGES, masks)}
