@@ -349,18 +349,41 @@ def test_asymmetric_same_padding_still_pads_one_before_two_after_the_odd_extra()
     assert conv(x).shape == (3, 3, 4, 4)
 
 
-def test_layer_norm_affine_in_float32_is_bit_identical_to_the_float32_formula():
-    """The dtype casts are no-ops in float32: the result is exactly layer_norm(x) * weight + bias."""
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(5, 3, 4, 4), (5, 7)])
+def test_layer_norm_kernel_equals_the_formula_forward_and_backward(shape, dtype):
+    """The fused kernel (group norm on maps, layer norm on vectors) is layer_norm(x) * weight + bias, gradients too."""
     torch.manual_seed(0)
-    for shape in [(5, 3, 4, 4), (5, 7)]:
+    norm = ChannelLayerNorm(shape[1]).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(shape, dtype=dtype) * 3.0 + 1.0
+    view = (1, -1) + (1,) * (len(shape) - 2)
+
+    def formula(x):
+        return F.layer_norm(x, x.shape[1:], eps=norm.eps) * norm.weight.view(view) + norm.bias.view(view)
+
+    params = (norm.weight, norm.bias)
+    for got, want in zip(_forward_and_grads(norm, x, params), _forward_and_grads(formula, x, params)):
+        torch.testing.assert_close(got, want)
+
+
+def test_layer_norm_under_bf16_autocast_keeps_bf16_activations_and_float32_parameter_gradients():
+    """bf16 in, bf16 out, float32 parameter gradients within bf16 rounding of the float32 ones."""
+    torch.manual_seed(0)
+    for shape in [(8, 4, 6, 6), (8, 12)]:
         norm = ChannelLayerNorm(shape[1])
         with torch.no_grad():
             norm.weight.normal_()
             norm.bias.normal_()
         x = torch.randn(shape)
-        view = (1, -1) + (1,) * (len(shape) - 2)
-        expected = F.layer_norm(x, x.shape[1:], eps=norm.eps) * norm.weight.view(view) + norm.bias.view(view)
-        assert torch.equal(norm(x), expected)
+        want = _forward_and_grads(norm, x, (norm.weight, norm.bias))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, gx, gw, gb = _forward_and_grads(norm, x.bfloat16(), (norm.weight, norm.bias))
+        assert (y.dtype, gx.dtype, gw.dtype, gb.dtype) == (torch.bfloat16, torch.bfloat16, torch.float32, torch.float32)
+        for got, ref in zip((y, gx, gw, gb), want):
+            torch.testing.assert_close(got.float(), ref, atol=0.05 * ref.abs().max().item(), rtol=0.02)
 
 
 @pytest.mark.parametrize("architecture", PAPER)
