@@ -5,7 +5,8 @@
     python benchmarks/bench_train_step.py --device cuda            # adds reduce-overhead (CUDA graph) rows
 
 One update = the EM unroll, the outer loss and the upper-bound loss, backward and an Adam step, on a
-fixed random batch of the recipe's size, through the module's own eager or compiled training path.
+fixed random batch of the recipe's size, through the module's own eager or compiled training path
+(``compiled-step``: the eager unroll calling a compiled M-step network, one EM step's graph).
 Recipes take their model options from the shipped configs (configs/<recipe>.yaml):
 
     shapes         fc RNN-EM, K=4, 15 steps, B=64, 28x28 static images
@@ -16,7 +17,8 @@ Recipes take their model options from the shipped configs (configs/<recipe>.yaml
 For each recipe it prints ms per update for float32 / bf16 autocast x eager / compiled (x CUDA graphs
 on a GPU) per thread count, the ratio to the first row, and the ratio to a FLOP floor measured in the
 same run: the update's FLOPs (``torch.utils.flop_counter``, forward and backward) divided by the rate
-of a float32 2048x2048 matmul timed on the spot. On CUDA it also prints sequences per second.
+of a float32 2048x2048 matmul timed on the spot, and the same over a bf16 matmul's rate (the bf16 floor).
+On CUDA it also prints sequences per second.
 Compiling takes a minute or two per row the first time. Run it on an otherwise idle machine.
 """
 
@@ -78,14 +80,19 @@ def sync(device: str) -> None:
 
 def time_update(recipe: str, device: str, bf16: bool, compile_mode: str | None, repeats: int, warmup: int) -> float:
     """Median seconds per update after ``warmup`` updates (which include compilation)."""
-    model, batch = build(recipe, compile_mode, device)
-    update = update_fn(model, compile_mode is not None, bf16, device)
+    step_only = compile_mode == "step"
+    model, batch = build(recipe, None if step_only else compile_mode, device)
+    if step_only:  # one EM step's network compiled, called 20 times by the eager unroll
+        model.em.cell.compile(dynamic=False)
+    update = update_fn(model, compile_mode is not None and not step_only, bf16, device)
     times = []
     for i in range(warmup + repeats):
         sync(device)
         start = time.perf_counter()
         loss = update(batch)
         sync(device)
+        if i == 0 and compile_mode is not None:
+            print(f"    (first update, compile included: {time.perf_counter() - start:.1f} s)", flush=True)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     if not torch.isfinite(loss):
@@ -149,7 +156,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU threads (ignored on CUDA)")
     parser.add_argument("--precisions", nargs="+", default=["float32", "bf16"], choices=["float32", "bf16"])
-    parser.add_argument("--modes", nargs="+", default=None, help="eager, compiled, reduce-overhead (CUDA)")
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=None,
+        help="eager, compiled (the unroll and loss), compiled-step (one EM step's network), reduce-overhead (CUDA)",
+    )
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="also print the top operators of one eager update")
@@ -167,13 +179,16 @@ def main(argv: list[str] | None = None) -> None:
         for n in threads:
             if n is not None:
                 torch.set_num_threads(n)
-            rate = matmul_rate(args.device, torch.float32)
-            floor = flops / rate
+            rate, rate_bf16 = matmul_rate(args.device, torch.float32), matmul_rate(args.device, torch.bfloat16)
+            floor, floor_bf16 = flops / rate, flops / rate_bf16
             where = f"{n} thread{'s' if n > 1 else ''}" if n else "GPU"
-            print(f"  {where}: float32 matmul {rate / 1e9:.0f} GFLOP/s, floor {floor * 1000:.1f} ms/update")
+            print(
+                f"  {where}: float32 matmul {rate / 1e9:.0f} GFLOP/s, floor {floor * 1000:.1f} ms/update; "
+                f"bf16 matmul {rate_bf16 / 1e9:.0f} GFLOP/s, floor {floor_bf16 * 1000:.1f} ms/update"
+            )
             for precision in args.precisions:
                 for mode in modes:
-                    compile_mode = {"eager": None, "compiled": "default"}.get(mode, mode)
+                    compile_mode = {"eager": None, "compiled": "default", "compiled-step": "step"}.get(mode, mode)
                     label = f"{where}, {precision}, {mode}"
                     try:
                         seconds = time_update(
@@ -186,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
                     extra = f"  {BATCH / seconds:8.0f} seq/s" if args.device == "cuda" else ""
                     print(
                         f"    {label:36s} {seconds * 1000:8.1f} ms/update  x{baseline / seconds:5.2f} vs first row"
-                        f"  {seconds / floor:5.2f}x floor{extra}",
+                        f"  {seconds / floor:5.2f}x float32 floor  {seconds / floor_bf16:5.2f}x bf16 floor{extra}",
                         flush=True,
                     )
         if args.profile:
