@@ -23,6 +23,7 @@ SHIPPED = {
     "flying_mnist_stage1_speed1.ckpt": ("flying_mnist_stage1.yaml", "flying_mnist_2_medium20", 0.30, {"max_speed": 1}),
     "flying_shapes_rnn_3obj.ckpt": ("flying_shapes_rnn.yaml", "flying_shapes_3", -200.0),
     "flying_shapes_rnn_4obj.ckpt": ("flying_shapes_rnn_4obj.yaml", "flying_shapes_4", -270.0),
+    "flying_shapes_rnn_5obj.ckpt": ("flying_shapes_rnn_5obj.yaml", "flying_shapes_5", -310.0),
     "shapes.ckpt": ("shapes.yaml", "shapes", 0.60),
     "shapes_nem.ckpt": ("shapes_nem.yaml", "shapes", 0.45),
 }
