@@ -1,6 +1,7 @@
 """`nem test` and `nem predict` with one tiny trained checkpoint: scores, figures, predictions, and refused
 checkpoints and options."""
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -131,7 +132,15 @@ def test_test_plots_ami_per_step(trained, shapes_file, tmp_path):
             "false",
         ]
     )
-    assert (tmp_path / "shapes" / "version_0" / "figures" / "test_ami_per_step.png").is_file()
+    figures = tmp_path / "shapes" / "version_0" / "figures"
+    assert (figures / "test_ami_per_step.png").is_file()
+    # the plotted numbers: one row per EM step, and the last step's is the logged test/ami_last
+    rows = (figures / "test_ami_per_step.csv").read_text().splitlines()
+    steps = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]["steps"]
+    assert rows[0] == "step,ami" and [r.split(",")[0] for r in rows[1:]] == [str(t) for t in range(1, steps + 1)]
+    logged = {r["step"]: r for r in csv.DictReader(open(tmp_path / "shapes" / "version_0" / "metrics.csv"))}
+    ami_last = float(next(r["test/ami_last"] for r in logged.values() if r.get("test/ami_last")))
+    assert float(rows[-1].split(",")[1]) == pytest.approx(ami_last, abs=1e-6)
 
 
 @pytest.mark.parametrize("subcommand", ["fit", "test"])

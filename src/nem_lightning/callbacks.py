@@ -16,6 +16,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from nem_lightning import figures
 from nem_lightning.errors import ConfigError
+from nem_lightning.files import atomic_path
 from nem_lightning.metrics import adjusted_mutual_info
 
 
@@ -203,8 +204,11 @@ class GroupingFigures(Callback):
         folder = self._folder(trainer)
         if not trainer.is_global_zero:
             return
-        picture = figures.ami_per_step_figure([float(v) for v in curve], title="test AMI per EM step")
+        values = [float(v) for v in curve]
+        picture = figures.ami_per_step_figure(values, title="test AMI per EM step")
         figures.save_png(picture, folder / "test_ami_per_step.png")
+        with atomic_path(folder / "test_ami_per_step.csv") as tmp:  # the plotted numbers, step 1 first
+            tmp.write_text("step,ami\n" + "".join(f"{t},{v:.6f}\n" for t, v in enumerate(values, 1)))
         log_images(trainer, "test/ami_per_step", [picture], ["AMI per step"])
 
 
