@@ -138,8 +138,8 @@ def test_test_plots_ami_per_step(trained, shapes_file, tmp_path):
     rows = (figures / "test_ami_per_step.csv").read_text().splitlines()
     steps = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]["steps"]
     assert rows[0] == "step,ami" and [r.split(",")[0] for r in rows[1:]] == [str(t) for t in range(1, steps + 1)]
-    logged = {r["step"]: r for r in csv.DictReader(open(tmp_path / "shapes" / "version_0" / "metrics.csv"))}
-    ami_last = float(next(r["test/ami_last"] for r in logged.values() if r.get("test/ami_last")))
+    with open(tmp_path / "shapes" / "version_0" / "metrics.csv") as f:
+        ami_last = next(float(r["test/ami_last"]) for r in csv.DictReader(f) if r.get("test/ami_last"))
     assert float(rows[-1].split(",")[1]) == pytest.approx(ami_last, abs=1e-6)
 
 
