@@ -143,6 +143,29 @@ def test_test_plots_ami_per_step(trained, shapes_file, tmp_path):
     assert float(rows[-1].split(",")[1]) == pytest.approx(ami_last, abs=1e-6)
 
 
+def test_test_draws_the_scored_samples_with_eval_k(trained, shapes_file, tmp_path):
+    """`nem test` draws test samples 0-2 as scored: with --eval.k 2 each figure has two ψ rows fewer than at K = 4."""
+    from PIL import Image
+
+    _, ckpt = trained
+    heights = {}
+    for k in (None, 2):
+        out = tmp_path / f"k{k}"
+        extra = [] if k is None else ["--eval.k", str(k)]
+        run(
+            ["test", "--config", str(CONFIGS / "shapes.yaml"), "--data.path", shapes_file, "--ckpt_path", ckpt]
+            + csv_logger(out, "shapes.yaml")
+            + ["--trainer.enable_progress_bar", "false", *extra]
+        )
+        figures = out / "shapes" / "version_0" / "figures"
+        names = sorted(p.name for p in figures.glob("test_test_sample*.png"))
+        assert names == [f"test_test_sample{i}.png" for i in range(3)]
+        with Image.open(figures / "test_test_sample0.png") as image:
+            heights[k] = image.size[1]
+    scale = round(64 / 28)
+    assert heights[None] - heights[2] == 2 * (28 * scale + 3)  # two tile rows of 28 px upscaled, each with its gap
+
+
 @pytest.mark.parametrize("subcommand", ["fit", "test"])
 def test_damaged_or_foreign_checkpoints_are_one_line(subcommand, trained, shapes_file, tmp_path, capsys):
     """A truncated checkpoint, a text file and a pickle without weights are each refused with the file's name."""

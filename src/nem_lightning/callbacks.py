@@ -135,11 +135,12 @@ class GroupingFigures(Callback):
     for each, a PNG with the input, the corrupted input, γ per step (colour-coded by component), each
     component's prediction and the reconstruction, titled with the sample's AMI, is written to
     ``<run dir>/figures/`` (runs without a logger draw nothing) and sent to every logger that takes images
-    (W&B, TensorBoard). For sequences an animated GIF is written too. After ``nem test`` the AMI per EM step
-    is saved and logged as a plot.
+    (W&B, TensorBoard). For sequences an animated GIF is written too. After ``nem test`` the same samples of
+    the tested split are drawn as they were scored (``--eval.k``, ``--eval.steps`` and the rest applied), as
+    ``test_<split>_sample<i>.png``, and the AMI per EM step is saved and logged as a plot.
 
     Args:
-        samples: indices of validation samples to draw.
+        samples: indices of the validation samples to draw, and of the test samples after ``nem test``.
         every_n_epochs: draw after every n-th validation epoch.
         gif: also write an animated GIF for sequence data.
     """
@@ -156,16 +157,22 @@ class GroupingFigures(Callback):
             return  # without a logger there is no run directory to draw into
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
+        epoch, step = trainer.current_epoch, trainer.global_step
+        self._draw(trainer, pl_module, "validation", f"epoch{epoch:03d}_step{step:07d}", f"epoch {epoch}, step {step}")
+
+    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str, stem: str, title: str) -> None:
+        """Overview figure (and GIF) of each chosen sample of ``split``, unrolled as that split is scored."""
         folder = self._folder(trainer)
         if not trainer.is_global_zero:
             return
-        size = len(trainer.datamodule.dataset("validation"))
+        size = len(trainer.datamodule.dataset(split))
         samples = [i for i in self.samples if 0 <= i < size]
         if not samples:
             return
-        batch = move_data_to_device(trainer.datamodule.batch("validation", samples), pl_module.device)
+        stage = "val" if split == "validation" else "test"
+        batch = move_data_to_device(trainer.datamodule.batch(split, samples), pl_module.device)
         with torch.no_grad():
-            shown = {k: v.cpu() for k, v in pl_module.groupings(batch, "val").items()}
+            shown = {k: v.cpu() for k, v in pl_module.groupings(batch, stage).items()}
         gammas, preds = shown["gammas"].float(), shown["preds"][:, :, :, 0].float()  # (B, T, K, H, W), 1st channel
         targets, inputs = shown["targets"][:, :, 0].float(), shown["inputs"][:, :, 0].float()  # (B, T, H, W)
         groups = shown.get("groups")
@@ -173,7 +180,6 @@ class GroupingFigures(Callback):
         if groups is not None:
             ami, valid = adjusted_mutual_info(gammas[:, -1], groups[:, -1])
             ami = [float(a) if v else None for a, v in zip(ami, valid)]
-        epoch, stem = trainer.current_epoch, f"epoch{trainer.current_epoch:03d}_step{trainer.global_step:07d}"
         images = []
         for j, index in enumerate(samples):
             picture = figures.grouping_figure(
@@ -183,7 +189,7 @@ class GroupingFigures(Callback):
                 preds[j].numpy(),
                 None if groups is None else groups[j].numpy(),
                 None if ami is None else ami[j],
-                title=f"epoch {epoch}, step {trainer.global_step}, sample {index}",
+                title=f"{title}, sample {index}",
             )
             figures.save_png(picture, folder / f"{stem}_sample{index}.png")
             images.append(picture)
@@ -194,12 +200,16 @@ class GroupingFigures(Callback):
                     preds[j].numpy(),
                     folder / f"{stem}_sample{index}.gif",
                 )
-        log_images(trainer, "val/groupings", images, [f"sample {i}" for i in samples])
+        log_images(trainer, f"{stage}/groupings", images, [f"sample {i}" for i in samples])
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # on_test_end, not on_test_epoch_end: callbacks' epoch-end hooks run before the module computes scores
+        if not trainer.loggers or trainer.datamodule is None:
+            return
+        split, k = trainer.datamodule.hparams.test_split, pl_module.hparams.k
+        self._draw(trainer, pl_module, split, f"test_{split}", f"{split} split, K = {k}")
         curve = pl_module.test_ami_per_step
-        if curve is None or not trainer.loggers:
+        if curve is None:
             return
         folder = self._folder(trainer)
         if not trainer.is_global_zero:
