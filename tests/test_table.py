@@ -134,3 +134,56 @@ def test_each_model_names_a_config_of_its_objects_and_k(key):
     assert config["model"]["k"] == model.k
     assert config["data"]["generate"] == f"flying_shapes_{model.objects}"
     assert load_config(CONFIGS / DATA_CONFIG[model.objects])["data"] == config["data"]
+
+
+@pytest.mark.slow
+def test_train_trains_the_named_models_side_by_side_then_scores_them(tiny_data, tmp_path, capsys):
+    """--train fits each named model under its config, then scores its exported best checkpoint as its row."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    options = (
+        f"--config {CONFIGS / 'debug.yaml'} --model.steps 3 --data.batch_size 8 --data.val_size 8 "
+        "--trainer.max_steps 2 --trainer.precision 32-true --data.num_workers 0"
+    )
+    out = tmp_path / "results"
+    main(
+        ["--weights", str(weights), "--configs", str(CONFIGS), "--out", str(out), "--train", "5"]
+        + ["--train-models", "3,3 rnn_3", "--train-options", options, "--data-dir", str(tiny_data)]
+        + ["--sequences", str(SEQUENCES), "--precision", "32-true", "--num-workers", "0"]
+    )
+    capsys.readouterr()
+    training = out / "training"
+    trained = {"3,3": training / "flying_shapes.ckpt", "rnn_3": training / "flying_shapes_rnn_3obj.ckpt"}
+    assert all(path.is_file() for path in trained.values()) and (training / "summary.md").is_file()
+    assert (training / "metrics_flying_shapes.csv").is_file()
+    rows = {(r["table"], r["model"], r["column"]): r for r in csv.DictReader((out / "table.csv").open())}
+    scored = {r["model"] for r in rows.values() if r["status"] == "scored"}
+    assert scored == {"3,3", "rnn_3"}
+    assert {rows[k]["weights"] for k in rows if k[1] in scored} == {str(p) for p in trained.values()}
+    expected = _nem_test(tiny_data / "flying_shapes_3.h5", str(trained["3,3"]))
+    assert float(rows[("k_table", "3,3", "test")]["ami_last"]) == expected["ami_last"]
+    assert float(rows[("k_table", "3,3", "test")]["upper_bound_last"]) == expected["upper_bound_last"]
+
+    # the same --out again: refused with one line, the first training left as it was
+    before = sorted(p.name for p in training.iterdir())
+    with pytest.raises(SystemExit) as info:
+        main(["--weights", str(weights), "--out", str(out), "--train", "5", "--train-models", "3,3"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(lines) == 1 and "already holds a training" in lines[0], lines
+    assert sorted(p.name for p in training.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--train-models", "3,3 9,9"], "expected keys among 3,3 3,5"),
+        (["--train-models", "3,3", "--checkpoint", "3,3=x.ckpt"], "both --checkpoint and --train name it"),
+    ],
+)
+def test_train_refuses_unknown_or_doubly_named_models_before_anything(extra, message, tmp_path, capsys):
+    out = tmp_path / "results"
+    with pytest.raises(SystemExit) as info:
+        main(["--weights", str(tmp_path), "--out", str(out), "--train", "5", *extra])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert not out.exists()

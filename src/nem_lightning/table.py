@@ -13,12 +13,18 @@ It writes ``table.md`` (also printed), ``table.csv`` (one row per cell, the equi
 included) and ``ami_per_step_<objects>obj_k<K>.png`` per scored model; each file appears whole or not at all, and
 only once every cell is scored. Weights that are missing are "not shipped yet"; a damaged file, or one trained
 with another K than its row, stops it before any scoring with one line naming the file (exit status 2).
-It only scores: training the missing runs is ``nem fit --config <the row's config>``.
+With ``--train MINUTES`` it first trains the models (all eight, or those ``--train-models`` names) from scratch
+under their configs, side by side on this machine's device for MINUTES each (``nem_lightning.side_by_side``: the
+data made once, one CSV log, curve and figure per run in ``<out>/training``), then scores each run's best
+checkpoint by validation loss in place of its weights file:
+
+    nem-table --train 600 --val-every 500 --train-options "--trainer.precision 32-true"   # a GPU, ten hours each
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +129,18 @@ def weights_files(weights: Path, named: list[str]) -> dict[str, tuple[Path, str]
     return chosen
 
 
+def train_keys(text: str, named: list[str]) -> list[str]:
+    """The models ``--train-models`` names (space-separated keys), refusing unknown keys and ``--checkpoint`` ones."""
+    keys = list(dict.fromkeys(text.split()))
+    unknown = [key for key in keys if key not in MODELS]
+    if unknown or not keys:
+        raise NEMError(f"--train-models {text!r}: expected keys among {' '.join(MODELS)}")
+    both = [key for key in keys if any(item.partition("=")[0] == key for item in named)]
+    if both:
+        raise NEMError(f"{' '.join(both)}: both --checkpoint and --train name it; drop one")
+    return keys
+
+
 def check_weights(key: str, path: Path, option: str) -> None:
     """Refuse a weights file that is not a readable checkpoint or was trained with another K than its row."""
     hp = read_checkpoint(str(path), option).get("hyper_parameters") or {}
@@ -190,6 +208,38 @@ def score(cell: Cell, weights: Path, configs: Path, args: argparse.Namespace) ->
     return result
 
 
+def train_models(keys: list[str], configs: Path, args: argparse.Namespace) -> dict[str, tuple[Path, str]]:
+    """Train ``keys`` side by side into ``<out>/training``; each model's exported best weights and option.
+
+    A run that ends without a best checkpoint is said so, and its row reads "not shipped yet": the shipped weights
+    file is never scored in its place.
+    """
+    from nem_lightning.side_by_side import Run, train_side_by_side
+
+    folder = args.out / "training"
+    if folder.exists() and any(folder.iterdir()):
+        raise NEMError(f"--train: {folder} already holds a training; choose another --out (runs are never overwritten)")
+    folder.mkdir(parents=True, exist_ok=True)
+    options = shlex.split(args.train_options or "")
+    runs = []
+    for key in keys:
+        model = MODELS[key]
+        data = ["--data.path", data_options(configs, model.objects, args.data_dir)[0]] if args.data_dir else []
+        runs.append(Run(Path(model.weights).stem, [str(configs / model.config)], [*data, *options]))
+    finished, exported = train_side_by_side(runs, folder, minutes=args.train, val_every=args.val_every)
+    trained = {}
+    for key, run in zip(keys, runs):
+        trained[key] = (folder / f"{run.name}.ckpt", f"--train {key}" if run.name in exported else "weights file")
+        if run.name not in exported:  # never the shipped file in its place: the row reads "not shipped yet"
+            end = finished.get(run.name)
+            status = "not started" if end is None or end.returncode is None else f"exit status {end.returncode}"
+            print(
+                f"nem-table: {key}: training gave no checkpoint ({status}; see {folder / f'fit_{run.name}.log'})",
+                file=sys.stderr,
+            )
+    return trained
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="nem-table",
@@ -211,9 +261,30 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", default=None, help="--trainer.precision of every run (default: the configs')")
     parser.add_argument("--data-dir", type=Path, default=None, help="folder holding the configs' data files")
     parser.add_argument("--num-workers", type=int, default=None, help="--data.num_workers (default: the configs')")
+    parser.add_argument(
+        "--train",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="first train the models from scratch, side by side on this machine, MINUTES each, and score those",
+    )
+    parser.add_argument(
+        "--train-models",
+        default=" ".join(MODELS),
+        metavar="KEYS",
+        help=f"with --train: the models to train, separated by spaces (default: all: {' '.join(MODELS)})",
+    )
+    parser.add_argument("--val-every", type=int, default=None, help="with --train: validate every N updates")
+    parser.add_argument(
+        "--train-options",
+        default=None,
+        help='with --train: more nem fit options for every run, e.g. "--seed_everything 1"',
+    )
     args = parser.parse_args(argv)
     if args.sequences is not None and args.sequences < 1:
         parser.error(f"--sequences must be at least 1, got {args.sequences}")
+    if args.train is not None and args.train <= 0:
+        parser.error(f"--train must be a positive number of minutes, got {args.train:g}")
     return args
 
 
@@ -224,9 +295,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     try:
         chosen = weights_files(args.weights, args.checkpoint)
+        if args.train is not None:
+            keys = train_keys(args.train_models, args.checkpoint)
+            chosen.update(train_models(keys, args.configs, args))
         present = {}
         for key, (path, option) in chosen.items():
-            if option != "weights file" or path.exists():
+            if option != "weights file" or path.exists():  # named, trained, or shipped
                 check_weights(key, path, option)
                 present[key] = path
         cells = [cell for cell in planned_cells() if cell.model in present]

@@ -10,8 +10,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from side_by_side_processes import log, start
-from side_by_side_runs import Run, config_args_with
+from nem_lightning.side_by_side.processes import log, start
+from nem_lightning.side_by_side.runs import Run, config_args_with
 
 REDUCED_SIZES = (64, 16, 16)
 

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from side_by_side_runs import ROOT
+from nem_lightning.side_by_side.runs import SRC
 
 STOP_SECONDS = 60  # between SIGTERM at the deadline and SIGKILL: time to write last.ckpt
 
@@ -31,12 +31,12 @@ def log(message: str) -> None:
 
 
 def child_env(extra_paths: list[str] | tuple[str, ...] = (), threads: int | None = None) -> dict[str, str]:
-    """Environment of every child: the package from src/, extra import paths, no W&B, unbuffered output.
+    """Environment of every child: this package's folder, extra import paths, no W&B, unbuffered output.
 
     With ``threads``, OMP_NUM_THREADS and MKL_NUM_THREADS, which torch reads at start-up for its CPU threads.
     """
     env = dict(os.environ, WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
-    paths = [str(ROOT / "src"), *map(str, extra_paths), env.get("PYTHONPATH", "")]
+    paths = [str(SRC), *map(str, extra_paths), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)

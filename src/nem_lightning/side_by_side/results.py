@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from side_by_side_processes import Finished
-from side_by_side_runs import Run, config_args_with
+from nem_lightning.side_by_side.processes import Finished
+from nem_lightning.side_by_side.runs import Run, config_args_with
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:

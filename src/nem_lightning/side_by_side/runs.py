@@ -12,7 +12,8 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+SRC = Path(__file__).resolve().parents[2]  # the folder holding the nem_lightning package (src/ in a checkout)
+ROOT = SRC.parent  # a checkout's root: its configs/ hold the reduced mode's default runs
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # run names become file and folder names
 # 4 updates of 8 samples, validation on 16 after updates 2 and 4, no loader workers and no compile: a minute
 REDUCED_OPTIONS = [
