@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = {
     "flying_shapes.ckpt": ("flying_shapes.yaml", "flying_shapes_3", 0.70),
     "flying_shapes_3obj_k5.ckpt": ("flying_shapes_3obj_k5.yaml", "flying_shapes_3", 0.70),
-    "flying_shapes_5obj_k3.ckpt": ("flying_shapes_5obj_k3.yaml", "flying_shapes_5", 0.33),
+    "flying_shapes_5obj_k3.ckpt": ("flying_shapes_5obj_k3.yaml", "flying_shapes_5", 0.45),
     "flying_shapes_5obj_k5.ckpt": ("flying_shapes_5.yaml", "flying_shapes_5", 0.70),
     "flying_shapes_4obj_k4.ckpt": ("flying_shapes_4.yaml", "flying_shapes_4", 0.70),
     "flying_mnist.ckpt": ("flying_mnist_stage2.yaml", "flying_mnist_2_medium500", 0.45, {"max_speed": 1}),
