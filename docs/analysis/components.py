@@ -48,7 +48,8 @@ def usage(path: str) -> None:
             spare_gamma.append(ga[spare][:, fg].sum(0).mean())
             spare_peak.append(p[spare].max(axis=(1, 2)).mean())
     print(f"{path}: K = {K}, {len(mask)} sequences, last-step AMI {np.nanmean(ami):.3f}")
-    print(f"  components owning >= 5% of the object pixels, sequences with 1..{K}: {np.bincount(used, minlength=K + 1)[1:]}")
+    per_count = np.bincount(used, minlength=K + 1)[1:]
+    print(f"  components owning >= 5% of the object pixels, sequences with 1..{K}: {per_count}")
     print(f"  objects split: {np.mean(split):.1%}; share of an object in its main component: {np.mean(share):.3f}")
     if spare_won:
         print(
