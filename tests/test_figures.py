@@ -165,3 +165,15 @@ def test_ami_per_step_figure_draws_the_curve():
     image = ami_per_step_figure([0.1, 0.4, 0.7, 0.8, 0.85], title="test AMI per step")
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
     assert count_colour(image, (0x1F, 0x77, 0xB4), tol=2) > 50
+
+
+def test_ami_per_step_figure_draws_labelled_curves_beside_a_reference():
+    """Two labelled curves take matplotlib's first two colours; the reference adds its black square markers."""
+    curves = {"ours": [0.1, 0.4, 0.7, 0.8, 0.85], "longer run": [0.1, 0.5, 0.75, 0.85, 0.9, 0.9]}
+    plain = ami_per_step_figure(curves, title="per step")
+    beside = ami_per_step_figure(
+        curves, title="per step", reference={2: 0.2, 4: 0.3, 6: 0.95}, reference_label="poster"
+    )
+    for colour in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):
+        assert count_colour(plain, colour, tol=2) > 50 and count_colour(beside, colour, tol=2) > 50
+    assert count_colour(beside, (0, 0, 0), tol=10) - count_colour(plain, (0, 0, 0), tol=10) > 120

@@ -11,13 +11,14 @@ component (``argmax_k gamma``) from a fixed qualitative palette, scaled by its c
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from nem_lightning.files import atomic_path
@@ -173,28 +174,47 @@ def grouping_figure(
     return _render(fig)
 
 
-def ami_per_step_figure(ami_per_step: Sequence[float], title: str | None = None, *, dpi: int = 100) -> np.ndarray:
-    """Line plot of AMI against EM step t = 1..T (e.g. ``test/ami_per_step``).
+def ami_per_step_figure(
+    ami_per_step: Sequence[float] | Mapping[str, Sequence[float]],
+    title: str | None = None,
+    *,
+    reference: Mapping[int, float] | None = None,
+    reference_label: str = "reference",
+    dpi: int = 100,
+) -> np.ndarray:
+    """Line plot of AMI against EM step t = 1..T (e.g. ``test/ami_per_step``), optionally beside a reference.
 
     Args:
-        ami_per_step: (T,) mean AMI after each step.
+        ami_per_step: (T,) mean AMI after each step, or several such curves by legend label (each may have its
+            own T).
         title: figure title.
+        reference: points to draw as black markers, step -> AMI (e.g. values read off a paper's figure).
+        reference_label: the reference's legend label.
         dpi: pixels per inch of the result.
 
     Returns:
         (H, W, 3) uint8 RGB.
     """
-    values = np.asarray(ami_per_step, dtype=np.float64).reshape(-1)
-    fig = Figure(figsize=(4.5, 3.0), dpi=dpi)
+    curves = dict(ami_per_step) if isinstance(ami_per_step, Mapping) else {None: ami_per_step}
+    fig = Figure(figsize=(5.0, 3.3), dpi=dpi)
     ax = fig.add_subplot()
-    ax.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3)
+    lowest = 0.0
+    for label, curve in curves.items():
+        values = np.asarray(curve, dtype=np.float64).reshape(-1)
+        ax.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+        lowest = min(lowest, float(values[np.isfinite(values)].min(initial=0.0)))
+    if reference:
+        steps = sorted(reference)
+        ax.plot(steps, [reference[t] for t in steps], "ks", markersize=5, label=reference_label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("EM step")
     ax.set_ylabel("AMI")
-    finite = values[np.isfinite(values)]
-    ax.set_ylim(min(0.0, float(finite.min(initial=0.0)) - 0.05), 1.0)
+    ax.set_ylim(lowest - 0.05 if lowest < 0 else 0.0, 1.0)
     ax.grid(alpha=0.3)
+    if reference or None not in curves:
+        ax.legend(fontsize=8, loc="lower right")
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return _render(fig)
 

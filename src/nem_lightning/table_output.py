@@ -13,11 +13,8 @@ import shlex
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
-from nem_lightning.figures import save_png
+from nem_lightning.figures import ami_per_step_figure, save_png
 from nem_lightning.files import atomic_path
 from nem_lightning.table import BCE_SPREAD, K_TABLE, MODELS, NEXT_STEP, Cell, Score, k_table_cells
 
@@ -153,25 +150,13 @@ def curves(scores: dict[Cell, Score], names: dict[str, str]) -> dict[str, np.nda
         scored = [(cell, s) for cell, s in scores.items() if cell.model == key and s.ami_per_step]
         if model.k == 1 or not scored:
             continue  # one component: every pixel is in one group, and AMI says nothing
-        fig = Figure(figsize=(5.5, 3.5), dpi=100)
-        ax = fig.add_subplot()
+        labelled = {}
         for cell, s in scored:
-            steps = np.arange(1, len(s.ami_per_step) + 1)
             same = (cell.objects, cell.k) == (model.objects, model.k)
             column = "train" if cell.split == "training" else "test" if same else "generalisation"
-            label = f"{column}: {cell.objects} objects, K={cell.k}"
-            ax.plot(steps, s.ami_per_step, marker="o", markersize=3, label=label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("EM step")
-        ax.set_ylabel("AMI")
-        ax.set_ylim(0.0, 1.0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-        ax.set_title(f"{Path(names[key]).name} (trained on {model.objects} objects, K={model.k})", fontsize=9)
-        fig.tight_layout()
-        canvas = FigureCanvasAgg(fig)
-        canvas.draw()
-        pictures[f"ami_per_step_{model.objects}obj_k{model.k}.png"] = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+            labelled[f"{column}: {cell.objects} objects, K={cell.k}"] = s.ami_per_step
+        title = f"{Path(names[key]).name} (trained on {model.objects} objects, K={model.k})"
+        pictures[f"ami_per_step_{model.objects}obj_k{model.k}.png"] = ami_per_step_figure(labelled, title)
     return pictures
 
 
