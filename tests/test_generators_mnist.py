@@ -149,3 +149,27 @@ def test_mnist_motion_follows_max_speed(tmp_path: Path) -> None:
         assert f.attrs["max_speed"] == 3 and bool(f.attrs["standing_still"]) is False
     with pytest.raises(ValueError, match="max_speed must be an integer from 0 to 10"):
         generate_dataset("flying_mnist_2", tmp_path / "bad.h5", sizes=(4, 2, 2), frames=3, max_speed=-1, progress=False)
+
+
+def test_speed1_datasets_are_the_base_data_at_one_pixel_per_frame(tmp_path: Path, monkeypatch) -> None:
+    """flying_mnist_*_speed1 write the arrays of the base name with max_speed=1; a max_speed named in the call wins;
+    `nem-data --max-speed 1` names its file and dataset after them."""
+    options = {"sizes": (6, 3, 3), "frames": 4, "progress": False, "seed": 5}
+    for base in ("flying_mnist_2", "flying_mnist_3", "flying_mnist_2_medium20", "flying_mnist_2_medium500"):
+        named = generate_dataset(f"{base}_speed1", tmp_path / "named.h5", **options)
+        slow = read_h5(generate_dataset(base, tmp_path / "slow.h5", max_speed=1, **options))
+        fast = read_h5(generate_dataset(base, tmp_path / "fast.h5", **options))
+        with h5py.File(named, "r") as f:
+            assert f.attrs["name"] == f"{base}_speed1" and f.attrs["max_speed"] == 1
+        for split, arrays in read_h5(named).items():
+            for key, array in arrays.items():
+                assert np.array_equal(array, slow[split][key]), (base, split, key)
+            assert not np.array_equal(arrays["features"], fast[split]["features"])
+    override = generate_dataset("flying_mnist_2_speed1", tmp_path / "o.h5", max_speed=2, **options)
+    with h5py.File(override, "r") as f:
+        assert f.attrs["max_speed"] == 2
+    monkeypatch.chdir(tmp_path)
+    sizes = ["--train", "4", "--val", "2", "--test", "2", "--frames", "3", "--no-progress"]
+    main(["flying-mnist", *sizes, "--max-speed", "1", "--variations", "20"])
+    with h5py.File(tmp_path / "data" / "flying_mnist_2_medium20_speed1.h5", "r") as f:
+        assert f.attrs["name"] == "flying_mnist_2_medium20_speed1"

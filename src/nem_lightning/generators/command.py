@@ -3,6 +3,7 @@
     nem-data shapes --out data/shapes.h5
     nem-data flying-shapes --objects 5 --frames 41 --out data/flying_shapes_5.h5
     nem-data flying-mnist --digits 2 --variations 20 --out data/flying_mnist_2_medium20.h5
+    nem-data flying-mnist --digits 2 --max-speed 1   # data/flying_mnist_2_speed1.h5: configs/flying_mnist.yaml's data
 
 The file layout and the generators are described in `nem_lightning.generators`.
 """
@@ -80,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
         "--max-speed",
         type=int,
         help="largest speed per axis in pixels per frame; velocities are uniform over [-S, S]^2, standing still "
-        "included (default: every velocity in [-3, 3]^2 except standing still)",
+        "included (default: every velocity in [-3, 3]^2 except standing still); 1 writes the _speed1 datasets "
+        "that the flying-MNIST configs train on",
     )
     sub.add_argument(
         "--mnist",
@@ -97,7 +99,9 @@ def _dataset_name(args: argparse.Namespace) -> str:
     if args.command == "flying-shapes":
         return f"flying_shapes_{args.objects}"
     suffix = f"_medium{args.variations}" if args.variations else ""
-    return f"flying_mnist_{args.digits}{suffix}"
+    # 1 px/frame is a named dataset of its own (the configs' data); other speeds keep the base name
+    speed = "_speed1" if args.max_speed == 1 else ""
+    return f"flying_mnist_{args.digits}{suffix}{speed}"
 
 
 def main(argv: list[str] | None = None) -> None:

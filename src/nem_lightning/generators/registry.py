@@ -48,6 +48,13 @@ class DatasetSpec:
     objects: int
     static: bool = False  # one frame per sample: the frames setting is ignored
     variations: int | None = None  # flying MNIST: distinct digit images per split, None for all
+    max_speed: int | None = None  # flying data: the motion when the call names none; None for the kind's default
+
+
+def _max_speed(spec: DatasetSpec, settings: Settings) -> int | None:
+    """The call's max_speed, else the dataset's own (the `_speed1` names), else None for the kind's default."""
+    speed = spec.max_speed if settings.max_speed is None else settings.max_speed
+    return None if speed is None else int(speed)
 
 
 def _static_shapes(spec: DatasetSpec, settings: Settings) -> tuple[dict[str, object], Sampler]:
@@ -62,7 +69,8 @@ def _static_shapes(spec: DatasetSpec, settings: Settings) -> tuple[dict[str, obj
 
 def _flying_shapes(spec: DatasetSpec, settings: Settings) -> tuple[dict[str, object], Sampler]:
     """Flying shapes: bouncing squares and triangles at up to `max_speed` pixels per frame and axis."""
-    max_speed = DEFAULT_MAX_SPEED if settings.max_speed is None else int(settings.max_speed)
+    max_speed = _max_speed(spec, settings)
+    max_speed = DEFAULT_MAX_SPEED if max_speed is None else max_speed
 
     def sample(rng: np.random.Generator, split: int, count: int) -> dict[str, np.ndarray]:
         x, g, _, _ = shapes.sample_shapes(
@@ -87,10 +95,11 @@ def _flying_mnist(spec: DatasetSpec, settings: Settings) -> tuple[dict[str, obje
     if min(len(p) for p in pools) < spec.objects:
         raise DataError(f"{len(digits)} digit images are too few for {spec.objects} distinct digits per split")
 
-    if settings.max_speed is None:  # the default motion: never standing still
+    max_speed = _max_speed(spec, settings)
+    if max_speed is None:  # the default motion: never standing still
         velocities, max_speed, still = sprites.VELOCITIES, 3, False
     else:
-        velocities, max_speed, still = sprites.velocity_table(settings.max_speed), int(settings.max_speed), True
+        velocities, still = sprites.velocity_table(max_speed), True
 
     def sample(rng: np.random.Generator, split: int, count: int) -> dict[str, np.ndarray]:
         x, g, _, ids = flying_mnist.sample_flying_mnist(
@@ -122,6 +131,12 @@ _SPECS: dict[str, DatasetSpec] = {
     "flying_mnist_3": DatasetSpec(_flying_mnist, 3),
     "flying_mnist_2_medium20": DatasetSpec(_flying_mnist, 2, variations=20),
     "flying_mnist_2_medium500": DatasetSpec(_flying_mnist, 2, variations=500),
+    # The same at up to 1 pixel per frame and axis, standing still allowed (`nem-data flying-mnist --max-speed 1`):
+    # the motion the flying-MNIST configs and shipped weights use (docs/flying_mnist.md).
+    "flying_mnist_2_speed1": DatasetSpec(_flying_mnist, 2, max_speed=1),
+    "flying_mnist_3_speed1": DatasetSpec(_flying_mnist, 3, max_speed=1),
+    "flying_mnist_2_medium20_speed1": DatasetSpec(_flying_mnist, 2, variations=20, max_speed=1),
+    "flying_mnist_2_medium500_speed1": DatasetSpec(_flying_mnist, 2, variations=500, max_speed=1),
 }
 DATASET_NAMES: tuple[str, ...] = tuple(_SPECS)
 

