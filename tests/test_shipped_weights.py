@@ -22,7 +22,7 @@ SHIPPED = {
     "flying_shapes_5obj_k3.ckpt": ("flying_shapes_5obj_k3.yaml", "flying_shapes_5", 0.45),
     "flying_shapes_5obj_k5.ckpt": ("flying_shapes_5.yaml", "flying_shapes_5", 0.70),
     "flying_shapes_4obj_k4.ckpt": ("flying_shapes_4.yaml", "flying_shapes_4", 0.70),
-    "flying_mnist.ckpt": ("flying_mnist_stage2.yaml", "flying_mnist_2_medium500_speed1", 0.45),
+    "flying_mnist.ckpt": ("flying_mnist.yaml", "flying_mnist_2_speed1", 0.45),
     "flying_mnist_stage1_speed1.ckpt": ("flying_mnist_stage1.yaml", "flying_mnist_2_medium20_speed1", 0.30),
     "flying_shapes_rnn_3obj.ckpt": ("flying_shapes_rnn.yaml", "flying_shapes_3", -200.0),
     "flying_shapes_rnn_4obj.ckpt": ("flying_shapes_rnn_4obj.yaml", "flying_shapes_4", -270.0),
