@@ -111,24 +111,36 @@ def random_static(n, seed=0, size=28):
     return (groups > 0).astype(np.float32), groups
 
 
-def reference_test_ami(model, path, score_steps="last"):
-    """`nem test`'s AMI recomputed independently: the model's groupings of every test sample, scored with sklearn.
+def record_scoring(monkeypatch):
+    """Patch the sequence metric's update to record what `nem test` scores: a list of (gamma, groups) per batch.
+
+    Call before the run that builds the module. Each entry holds numpy copies of gamma (B, T, K, H, W) and the
+    groups each step is scored against (B, T or 1, H, W), exactly the tensors the metric received.
+    """
+    from nem_lightning.metrics.grouping import SequenceGroupingMetrics
+
+    scored = []
+    update = SequenceGroupingMetrics.update
+
+    def recording_update(self, gamma, groups):
+        scored.append((gamma.detach().float().cpu().numpy(), groups.cpu().numpy()))
+        return update(self, gamma, groups)
+
+    monkeypatch.setattr(SequenceGroupingMetrics, "update", recording_update)
+    return scored
+
+
+def reference_test_ami(scored, score_steps="last"):
+    """`nem test`'s AMI recomputed independently with sklearn from what its metric was given (`record_scoring`).
 
     Per image and step: sklearn's AMI (``max`` normaliser) of argmax γ against the true groups over the pixels
-    whose group is not 0; averaged over images, then over the scored steps (the last, or all).
+    whose group is not 0; averaged over images, then over the scored steps (the last, or all). Scoring the very
+    γ the test loop produced keeps the comparison exact where an untrained model's γ is nearly tied.
     """
-    import torch
-    from pytorch_lightning.utilities import move_data_to_device
     from sklearn.metrics import adjusted_mutual_info_score
 
-    from nem_lightning.data import GroupingDataModule
-
-    dm = GroupingDataModule(path)
-    batch = dm.batch("test", list(range(len(dm.dataset("test")))))
-    model.eval()
-    with torch.no_grad():
-        shown = model.groupings(move_data_to_device(batch, model.device), "test")
-    masks, groups = shown["gammas"].float().argmax(2).cpu().numpy(), shown["groups"].cpu().numpy()
+    masks = np.concatenate([gamma.argmax(2) for gamma, _ in scored])  # (N, T, H, W)
+    groups = np.concatenate([g for _, g in scored])
     steps = range(masks.shape[1]) if score_steps == "all" else [masks.shape[1] - 1]
     per_step = []
     for t in steps:

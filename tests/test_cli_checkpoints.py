@@ -4,10 +4,12 @@ checkpoints and options."""
 import csv
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import torch
 
-from helpers import CONFIGS, WEIGHTS, csv_logger, fails_with, fit_args, reference_test_ami, test_args
+from helpers import CONFIGS, WEIGHTS, csv_logger, fails_with, fit_args, record_scoring, reference_test_ami, test_args
 from nem_lightning.cli import run
 from nem_lightning.module import NEMLightningModule
 
@@ -42,11 +44,15 @@ def test_test_prints_ami_ari_and_confidence_and_is_deterministic(trained, shapes
     assert {k: float(v) for k, v in first.items()} == {k: float(v) for k, v in second.items()}
 
 
-def test_test_reads_a_file_from_another_tool(trained, foreign_shapes_file):
+def test_test_reads_a_file_from_another_tool(trained, foreign_shapes_file, monkeypatch):
     """A static file in the official layout written by plain h5py scores without conversion."""
     _, ckpt = trained
+    scored = record_scoring(monkeypatch)
     cli = run(test_args(foreign_shapes_file, ckpt))
-    expected = reference_test_ami(cli.model, foreign_shapes_file)
+    with h5py.File(foreign_shapes_file, "r") as f:
+        groups = f["test"]["groups"][()]  # (1, N, H, W, 1)
+    assert np.array_equal(np.concatenate([g for _, g in scored]), groups[:, :, :, :, 0].transpose(1, 0, 2, 3))
+    expected = reference_test_ami(scored)
     assert float(cli.trainer.callback_metrics["test/ami"]) == pytest.approx(expected, abs=1e-6)
     assert cli.model.test_scores.num_labels is None  # no `objects` attribute: the bound is read per batch
 

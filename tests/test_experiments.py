@@ -9,7 +9,7 @@ import torch
 import yaml
 
 import nem_lightning
-from helpers import CONFIGS, WEIGHTS, fails_with, fit_args, reference_test_ami, write_official_layout
+from helpers import CONFIGS, WEIGHTS, fails_with, fit_args, record_scoring, reference_test_ami, write_official_layout
 from nem_lightning.cli import run
 from nem_lightning.generators import generate_dataset
 from nem_lightning.options import load_config
@@ -199,13 +199,14 @@ def test_too_many_steps_for_the_sequences_is_one_clear_error(flying_checkpoint, 
     assert f"flying_shapes_3.h5: the test sequences have {FRAMES} frames, but --eval.steps 9 needs at least 10" in err
 
 
-def test_sequences_written_by_another_tool_are_read_unchanged(flying_checkpoint, tmp_path):
-    """A (T, N, H, W, 1) file of 7 frames from plain h5py scores with the 3-step model."""
+def test_sequences_written_by_another_tool_are_read_unchanged(flying_checkpoint, tmp_path, monkeypatch):
+    """A (T, N, H, W, 1) file of 7 frames from plain h5py scores with the 3-step model, its groups unchanged."""
     rng = np.random.default_rng(0)
     groups = rng.integers(0, 4, size=(7, 12, 28, 28, 1))
     path = write_official_layout(
         tmp_path / "seq.h5", {"test": ((groups > 0).astype(np.float32), groups)}, dtype=np.float32
     )
+    scored = record_scoring(monkeypatch)
     cli = run(
         _args(
             "test",
@@ -220,7 +221,9 @@ def test_sequences_written_by_another_tool_are_read_unchanged(flying_checkpoint,
             "32-true",
         )
     )
-    expected = reference_test_ami(cli.model, path, score_steps="all")
+    # step t is scored against frame t + 1 of the file, for the model's 3 steps, sample by sample
+    assert np.array_equal(np.concatenate([g for _, g in scored]), groups[1:4, :, :, :, 0].transpose(1, 0, 2, 3))
+    expected = reference_test_ami(scored, score_steps="all")
     assert float(cli.trainer.callback_metrics["test/ami"]) == pytest.approx(expected, abs=1e-6)
 
 
