@@ -130,6 +130,11 @@ def record_scoring(monkeypatch):
     return scored
 
 
+def scored_arrays(scored):
+    """The recorded batches of `record_scoring` joined: gamma (N, T, K, H, W) and groups (N, T or 1, H, W)."""
+    return np.concatenate([gamma for gamma, _ in scored]), np.concatenate([groups for _, groups in scored])
+
+
 def reference_test_ami(scored, score_steps="last"):
     """`nem test`'s AMI recomputed independently with sklearn from what its metric was given (`record_scoring`).
 
@@ -139,8 +144,8 @@ def reference_test_ami(scored, score_steps="last"):
     """
     from sklearn.metrics import adjusted_mutual_info_score
 
-    masks = np.concatenate([gamma.argmax(2) for gamma, _ in scored])  # (N, T, H, W)
-    groups = np.concatenate([g for _, g in scored])
+    gammas, groups = scored_arrays(scored)
+    masks = gammas.argmax(2)  # (N, T, H, W)
     steps = range(masks.shape[1]) if score_steps == "all" else [masks.shape[1] - 1]
     per_step = []
     for t in steps:

@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import CONFIGS, WEIGHTS, csv_logger, fails_with, fit_args, record_scoring, reference_test_ami, test_args
+from helpers import (
+    CONFIGS,
+    WEIGHTS,
+    csv_logger,
+    fails_with,
+    fit_args,
+    record_scoring,
+    reference_test_ami,
+    scored_arrays,
+    test_args,
+)
 from nem_lightning.cli import run
 from nem_lightning.module import NEMLightningModule
 
@@ -51,7 +61,7 @@ def test_test_reads_a_file_from_another_tool(trained, foreign_shapes_file, monke
     cli = run(test_args(foreign_shapes_file, ckpt))
     with h5py.File(foreign_shapes_file, "r") as f:
         groups = f["test"]["groups"][()]  # (1, N, H, W, 1)
-    assert np.array_equal(np.concatenate([g for _, g in scored]), groups[:, :, :, :, 0].transpose(1, 0, 2, 3))
+    assert np.array_equal(scored_arrays(scored)[1], groups[:, :, :, :, 0].transpose(1, 0, 2, 3))
     expected = reference_test_ami(scored)
     assert float(cli.trainer.callback_metrics["test/ami"]) == pytest.approx(expected, abs=1e-6)
     assert cli.model.test_scores.num_labels is None  # no `objects` attribute: the bound is read per batch
